@@ -1,0 +1,65 @@
+# mlsec-operator — every entry point a person or CI needs.
+#   make demo   bring up the real local environment and run the promotion scenario
+#   make test   lint, type-check, layering check, unit and integration tests (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: all dev deps build test unit integration lint typecheck layers crds demo bench clean down
+
+all: test
+
+# System packages (Debian): slapd and ldap-utils for the test directory, PostgreSQL for dynamic
+# database credentials. Installed only when missing; needs root, as on this project's machines.
+deps:
+	@if ! command -v slapd >/dev/null && [ ! -x /usr/sbin/slapd ]; then \
+	  echo "installing slapd, ldap-utils (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+dev: $(BIN)/.installed
+
+# Build (once, cached under ~/.cache/mlsec) the Go binaries: kube-apiserver, controller-manager, etcd, helm.
+build: dev deps
+	$(BIN)/mlsec local build
+
+lint: dev
+	$(BIN)/ruff check .
+
+typecheck: dev
+	$(BIN)/mypy
+
+layers: dev
+	$(BIN)/lint-imports
+
+crds: dev
+	$(BIN)/mlsec crds crds
+
+unit: dev
+	$(BIN)/pytest -q tests/unit
+
+integration: build
+	$(BIN)/pytest -q tests/integration
+
+test: build lint typecheck layers
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+demo: build
+	$(BIN)/python -m mlsec.demo
+
+down: dev
+	$(BIN)/mlsec local down
+
+bench: build
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from mlsec.cli import main
+
+sys.exit(main())

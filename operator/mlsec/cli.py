@@ -1,0 +1,107 @@
+"""The ``mlsec`` command: the operator, the local environment, CRD generation, audit checks."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def _local(args: argparse.Namespace) -> int:
+    from mlsec.local import env as local
+
+    directory = Path(args.dir) if args.dir else None
+    if args.action == "up":
+        try:
+            e = local.up(directory)
+        except local.AlreadyRunning as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"Local environment is up in {e.dir}.\n"
+              f"  eval \"$(mlsec local env)\"   # then: kubectl get ns, kubectl --context alice …\n"
+              f"  mlsec local down              # stop everything")
+        return 0
+    if args.action == "build":
+        from mlsec.local import build
+
+        for name, path in build.ensure_all().items():
+            print(f"{name:26} {path}")
+        return 0
+    if args.action == "down":
+        stopped = local.down(directory)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    try:
+        e = local.LocalEnv.load(directory)
+    except FileNotFoundError:
+        print("no local environment: run `mlsec local up`", file=sys.stderr)
+        return 1
+    if args.action == "env":
+        for k, v in e.exports().items():
+            print(f"export {k}={shlex.quote(v)}")
+        return 0
+    ready = e.readiness()
+    for name, ok in ready.items():
+        print(f"{name:26} {'ready' if ok else 'NOT READY'}")
+    return 0 if ready and all(ready.values()) else 1
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from mlsec.api import crdgen
+
+    written = crdgen.write_crds(Path(args.dir))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mlsec.handlers import main as operator_main
+
+    return operator_main.run(args)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from mlsec.audit import verify
+
+    return verify.main([args.file])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlsec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="the real local environment (kube-apiserver, slapd, OpenBao)")
+    local.add_argument("action", choices=["up", "down", "env", "status", "build"])
+    local.add_argument("--dir", help="state directory (default $MLSEC_LOCAL_DIR or ~/.local/state/mlsec/local)")
+    local.set_defaults(func=_local)
+
+    crds = sub.add_parser("crds", help="regenerate the CRDs (and admission policies) from the models")
+    crds.add_argument("dir", nargs="?", default="crds")
+    crds.set_defaults(func=_crds)
+
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", help="watch only these namespaces")
+    run.add_argument("--metrics-port", type=int, default=8080)
+    run.add_argument("--health-port", type=int, default=8081)
+    run.add_argument("--webhook-port", type=int, default=0, help="0: no admission webhook server")
+    run.add_argument("--audit-file", help="append the hash-chained audit log here too")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=_run)
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of an audit file")
+    verify.add_argument("file")
+    verify.set_defaults(func=_audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

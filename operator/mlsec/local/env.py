@@ -1,0 +1,429 @@
+"""The real local environment: etcd, kube-apiserver, kube-controller-manager, slapd, OpenBao.
+
+Everything listens on 127.0.0.1 on free ports. The running environment is described by
+``<dir>/state.json`` (ports, PIDs, local-only credentials), which ``down``, ``status``, ``env``
+and the test fixtures read. Every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlsec.local import build, pki, procs, slapd
+
+USERS = ("alice", "bob", "carol", "dave", "erin")
+# Groups the API server authenticates each person with (their LDAP groups, so the promotion gate
+# has a fallback source of platform roles until LDAP sync runs).
+USER_GROUPS = {u: groups for u, (_, groups) in slapd.PEOPLE.items()}
+STOP_ORDER = ("kube-controller-manager", "kube-apiserver", "openbao", "slapd", "etcd")
+VAULT_AUDIENCE = "vault"
+
+
+def default_dir() -> Path:
+    env = os.environ.get("MLSEC_LOCAL_DIR")
+    if env:
+        return Path(env)
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return state / "mlsec" / "local"
+
+
+@dataclass
+class LocalEnv:
+    """What a client needs to use a running environment (read from state.json)."""
+
+    dir: Path
+    pids: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    ldap_admin_password: str = ""
+    ldap_user_password: str = ""
+    vault_token: str = ""
+    bins: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+
+    # --- derived locations -------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "pki" / "ca.crt"
+
+    @property
+    def api_server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+
+    @property
+    def ldap_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ports['ldaps']}"
+
+    @property
+    def ldap_plain_url(self) -> str:
+        return f"ldap://127.0.0.1:{self.ports['ldap']}"
+
+    @property
+    def vault_addr(self) -> str:
+        return f"http://127.0.0.1:{self.ports['openbao']}"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.dir / "logs" / "kube-audit.log"
+
+    def bin(self, name: str) -> Path:
+        return Path(self.bins[name])
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self) -> None:
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        path = self.dir / "state.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> LocalEnv:
+        directory = directory or default_dir()
+        data = json.loads((directory / "state.json").read_text())
+        data["dir"] = Path(data["dir"])
+        return cls(**data)
+
+    # --- what a shell needs -------------------------------------------------------------
+    def exports(self) -> dict[str, str]:
+        path_add = os.pathsep.join(sorted({str(self.bin("kubectl").parent), str(self.bin("helm").parent)}))
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "VAULT_ADDR": self.vault_addr,
+            "BAO_ADDR": self.vault_addr,
+            "VAULT_TOKEN": self.vault_token,
+            "MLSEC_LDAP_URL": self.ldap_url,
+            "MLSEC_LDAP_CA_FILE": str(self.ca_file),
+            "MLSEC_LDAP_BIND_DN": slapd.ADMIN_DN,
+            "MLSEC_LDAP_BIND_PASSWORD": self.ldap_admin_password,
+            "MLSEC_LDAP_USER_PASSWORD": self.ldap_user_password,
+            "MLSEC_LOCAL_DIR": str(self.dir),
+            "PATH": f"{path_add}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    # --- probes ------------------------------------------------------------------------------
+    def _ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def api_ready(self) -> bool:
+        req = urllib.request.Request(
+            f"{self.api_server}/readyz", headers={"Authorization": f"Bearer {self.tokens['admin']}"}
+        )
+        with urllib.request.urlopen(req, context=self._ssl(), timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def etcd_ready(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['etcd']}/health", timeout=2) as r:
+            return bool(json.loads(r.read()).get("health") == "true")
+
+    def vault_ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.vault_addr}/v1/sys/health", timeout=2) as r:
+            return bool(r.status == 200)
+
+    def ldap_ready(self) -> bool:
+        import ldap3
+
+        tls = ldap3.Tls(ca_certs_file=str(self.ca_file), validate=ssl.CERT_REQUIRED)
+        server = ldap3.Server(self.ldap_url, use_ssl=True, tls=tls, connect_timeout=2)
+        conn = ldap3.Connection(server, slapd.ADMIN_DN, self.ldap_admin_password, receive_timeout=2)
+        try:
+            return bool(conn.bind())
+        finally:
+            conn.unbind()
+
+    def kcm_ready(self) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # its serving cert is self-signed; we only ask /healthz
+        url = f"https://127.0.0.1:{self.ports['kube-controller-manager']}/healthz"
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+            return bool(r.status == 200)
+
+    def readiness(self) -> dict[str, bool]:
+        probes = {
+            "etcd": self.etcd_ready, "kube-apiserver": self.api_ready,
+            "kube-controller-manager": self.kcm_ready, "slapd": self.ldap_ready,
+            "openbao": self.vault_ready,
+        }
+        out: dict[str, bool] = {}
+        for name, probe in probes.items():
+            try:
+                out[name] = procs.alive(self.pids.get(name, -1)) and probe()
+            except Exception:  # noqa: BLE001 - any probe failure is "not ready"
+                out[name] = False
+        return out
+
+    def kubectl(self, *args: str, user: str = "admin", check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin("kubectl")), "--kubeconfig", str(self.kubeconfig), "--context", user, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=120)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def _running(directory: Path) -> LocalEnv | None:
+    if not (directory / "state.json").exists():
+        return None
+    try:
+        env = LocalEnv.load(directory)
+    except (ValueError, TypeError, KeyError):
+        return None
+    return env if any(procs.alive(p) for p in env.pids.values()) else None
+
+
+def _kubeconfig(env: LocalEnv) -> dict[str, Any]:
+    ca = base64.b64encode(env.ca_file.read_bytes()).decode()
+    names = ("admin", *USERS)
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "mlsec-local", "cluster": {"server": env.api_server,
+                                                          "certificate-authority-data": ca}}],
+        "users": [{"name": n, "user": {"token": env.tokens[n]}} for n in names],
+        "contexts": [{"name": n, "context": {"cluster": "mlsec-local", "user": n}} for n in names],
+        "current-context": "admin",
+    }
+
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    # Writes only, metadata only: enough to count who wrote what (tests count idle writes).
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+
+
+def _write_pki(env: LocalEnv) -> None:
+    d = env.dir / "pki"
+    d.mkdir(parents=True, exist_ok=True)
+    ca = pki.make_ca()
+    ca.write(d / "ca.crt", d / "ca.key")
+    serving = pki.issue(ca, "kube-apiserver", dns_names=(
+        "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local"), ips=("127.0.0.1", "10.96.0.1"))
+    serving.write(d / "apiserver.crt", d / "apiserver.key")
+    ldap = pki.issue(ca, "localhost", dns_names=("localhost",), ips=("127.0.0.1",))
+    ldap.write(d / "ldap.crt", d / "ldap.key")
+    sa = d / "sa.key"
+    sa.touch(mode=0o600)
+    sa.write_bytes(pki.make_rsa_key_pem())
+
+
+def _start_etcd(env: LocalEnv) -> None:
+    p, peer = env.ports["etcd"], env.ports["etcd-peer"]
+    env.pids["etcd"] = procs.spawn("etcd", [
+        env.bins["etcd"], "--name", "mlsec", "--data-dir", str(env.dir / "etcd"),
+        "--listen-client-urls", f"http://127.0.0.1:{p}", "--advertise-client-urls", f"http://127.0.0.1:{p}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"mlsec=http://127.0.0.1:{peer}",
+        "--unsafe-no-fsync",  # throw-away test data: durability is not worth the latency here
+        "--log-level", "warn",
+    ], env.dir / "logs")
+
+
+def _start_apiserver(env: LocalEnv) -> None:
+    d = env.dir
+    tokens = d / "tokens.csv"
+    tokens.touch(mode=0o600)
+    lines = [f'{env.tokens["admin"]},admin,admin,"system:masters"']
+    for u in USERS:
+        groups = ",".join(USER_GROUPS[u]) or "mlsec:people"
+        lines.append(f'{env.tokens[u]},{u},{u},"{groups}"')
+    tokens.write_text("\n".join(lines) + "\n")
+    (d / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+    env.pids["kube-apiserver"] = procs.spawn("kube-apiserver", [
+        env.bins["kube-apiserver"],
+        f"--etcd-servers=http://127.0.0.1:{env.ports['etcd']}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        f"--secure-port={env.ports['kube-apiserver']}",
+        f"--cert-dir={d / 'apiserver'}",
+        f"--tls-cert-file={d / 'pki/apiserver.crt'}", f"--tls-private-key-file={d / 'pki/apiserver.key'}",
+        f"--client-ca-file={d / 'pki/ca.crt'}",
+        "--authorization-mode=Node,RBAC",
+        f"--token-auth-file={tokens}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={d / 'pki/sa.key'}",
+        f"--service-account-signing-key-file={d / 'pki/sa.key'}",
+        "--service-cluster-ip-range=10.96.0.0/16",
+        "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,"
+        "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+        f"--audit-policy-file={d / 'audit-policy.yaml'}", f"--audit-log-path={env.audit_log}",
+        "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
+        "--profiling=false", "--v=1",
+    ], d / "logs")
+
+
+def _start_kcm(env: LocalEnv) -> None:
+    kc = env.dir / "kcm.kubeconfig"
+    cfg = _kubeconfig(env)
+    kc.touch(mode=0o600)
+    kc.write_text(yaml.safe_dump(cfg))
+    env.pids["kube-controller-manager"] = procs.spawn("kube-controller-manager", [
+        env.bins["kube-controller-manager"], f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+        "--leader-elect=false", "--bind-address=127.0.0.1",
+        f"--secure-port={env.ports['kube-controller-manager']}",
+        f"--cert-dir={env.dir / 'kcm'}",
+        "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
+        "--concurrent-gc-syncs=5", "--v=1",
+    ], env.dir / "logs")
+
+
+def _start_slapd(env: LocalEnv) -> None:
+    paths = slapd.SlapdPaths(env.dir / "slapd")
+    pk = env.dir / "pki"
+    slapd.write_config(paths, env.ldap_admin_password, pk / "ca.crt", pk / "ldap.crt", pk / "ldap.key")
+    urls = f"ldap://127.0.0.1:{env.ports['ldap']}/ ldaps://127.0.0.1:{env.ports['ldaps']}/"
+    # -d 0 keeps slapd in the foreground, so the PID we hold is the server's.
+    env.pids["slapd"] = procs.spawn("slapd", [slapd.slapd_bin(), "-f", str(paths.conf), "-h", urls,
+                                              "-d", "0"], env.dir / "logs")
+
+
+def _seed_ldap(env: LocalEnv) -> None:
+    import ldap3
+
+    server = ldap3.Server(env.ldap_plain_url, connect_timeout=5)
+    with ldap3.Connection(server, slapd.ADMIN_DN, env.ldap_admin_password, auto_bind=True) as conn:
+        for dn, attrs in slapd.seed_entries(env.ldap_user_password):
+            object_class = attrs.pop("objectClass")
+            if not conn.add(dn, object_class, attrs):
+                raise RuntimeError(f"seeding LDAP failed at {dn}: {conn.result['description']}")
+
+
+def _start_openbao(env: LocalEnv) -> None:
+    env.pids["openbao"] = procs.spawn("openbao", [
+        env.bins["bao"], "server", "-dev", f"-dev-root-token-id={env.vault_token}",
+        f"-dev-listen-address=127.0.0.1:{env.ports['openbao']}", "-log-level=warn",
+    ], env.dir / "logs", env={k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))})
+
+
+def _configure_openbao(env: LocalEnv) -> None:
+    """Play the Vault administrator: kubernetes auth against our API server, a file audit device."""
+    import hvac
+
+    client = hvac.Client(url=env.vault_addr, token=env.vault_token)
+    if "kubernetes/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("kubernetes")
+    client.auth.kubernetes.configure(
+        kubernetes_host=env.api_server,
+        kubernetes_ca_cert=env.ca_file.read_text(),
+        token_reviewer_jwt=env.tokens["admin"],
+        disable_local_ca_jwt=True,
+    )
+    audit = env.dir / "logs" / "openbao-audit.log"
+    if "file/" not in client.sys.list_enabled_audit_devices()["data"]:
+        client.sys.enable_audit_device("file", options={"file_path": str(audit)})
+
+
+def _apply_crds(env: LocalEnv) -> None:
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", env.bins["istio-crds"])
+    env.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+def up(directory: Path | None = None, *, timeout: float = 90.0) -> LocalEnv:
+    directory = (directory or default_dir()).absolute()
+    running = _running(directory)
+    if running:
+        raise AlreadyRunning(f"a local environment is already running in {directory} "
+                             f"(PIDs {sorted(running.pids.values())}); `mlsec local down` first")
+    bins = {k: str(v) for k, v in build.ensure_all().items()}
+    started = time.monotonic()
+    if directory.exists():
+        for child in directory.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    (directory / "logs").mkdir(parents=True)
+    directory.chmod(0o700)
+    env = LocalEnv(
+        dir=directory, bins=bins, started_at=time.time(),
+        ports={n: procs.free_port() for n in (
+            "etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "ldap", "ldaps", "openbao")},
+        tokens={u: secrets.token_urlsafe(24) for u in ("admin", *USERS)},
+        ldap_admin_password=secrets.token_urlsafe(18),
+        ldap_user_password=secrets.token_urlsafe(12),
+        vault_token=f"root-{secrets.token_hex(12)}",
+    )
+    _write_pki(env)
+    env.kubeconfig.touch(mode=0o600)
+    env.kubeconfig.write_text(yaml.safe_dump(_kubeconfig(env)))
+    logs = directory / "logs"
+    try:
+        _start_etcd(env)
+        _start_slapd(env)
+        _start_openbao(env)
+        env.save()
+        procs.wait_for("etcd", env.etcd_ready, timeout, env.pids["etcd"], logs / "etcd.log")
+        _start_apiserver(env)
+        env.save()
+        with ThreadPoolExecutor(2) as pool:
+            ldap_done = pool.submit(_ldap_setup, env, timeout)
+            procs.wait_for("kube-apiserver", env.api_ready, timeout, env.pids["kube-apiserver"],
+                           logs / "kube-apiserver.log")
+            _start_kcm(env)
+            env.save()
+            crds_done = pool.submit(_apply_crds, env)
+            procs.wait_for("openbao", env.vault_ready, timeout, env.pids["openbao"], logs / "openbao.log")
+            _configure_openbao(env)
+            procs.wait_for("kube-controller-manager", env.kcm_ready, timeout,
+                           env.pids["kube-controller-manager"], logs / "kube-controller-manager.log")
+            ldap_done.result()
+            crds_done.result()
+    except BaseException:
+        env.save()
+        down(directory)
+        raise
+    env.save()
+    build._say(f"local environment ready in {time.monotonic() - started:.1f}s ({directory})")
+    return env
+
+
+def _ldap_setup(env: LocalEnv, timeout: float) -> None:
+    logs = env.dir / "logs"
+    procs.wait_for("slapd", env.ldap_ready, timeout, env.pids["slapd"], logs / "slapd.log")
+    _seed_ldap(env)
+
+
+def down(directory: Path | None = None) -> list[str]:
+    """Stop every process of the environment by PID; return the names stopped."""
+    directory = (directory or default_dir()).absolute()
+    if not (directory / "state.json").exists():
+        return []
+    env = LocalEnv.load(directory)
+    stopped = []
+    for name in (*STOP_ORDER, *(n for n in env.pids if n not in STOP_ORDER)):
+        pid = env.pids.get(name)
+        if pid and procs.alive(pid):
+            procs.stop(pid)
+            stopped.append(name)
+    env.pids = {}
+    env.save()
+    return stopped
