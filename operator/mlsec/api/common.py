@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
@@ -103,10 +104,21 @@ Duration = Annotated[str, StringConstraints(min_length=2, max_length=32, pattern
 UserName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
+
+def _quantity(value: object) -> int | str:
+    # One validator instead of a union, so errors name the field (no union-member suffixes).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and len(value) <= 64 and re.fullmatch(QUANTITY_PATTERN, value):
+        return value
+    raise ValueError("must be a quantity such as 4, 500m or 2Gi")
+
+
 # Kubernetes resource.Quantity: an integer or a string like "500m" / "2Gi". The schema is the one
 # the Kubernetes API itself publishes (anyOf integer|string under x-kubernetes-int-or-string).
 Quantity = Annotated[
-    int | Annotated[str, StringConstraints(max_length=64, pattern=QUANTITY_PATTERN)],
+    int | str,
+    PlainValidator(_quantity),
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
