@@ -99,6 +99,8 @@ class AuditLog:
             }
         )
         with self._lock:
+            if self.path is not None and self._fd is None:
+                raise AuditChainError(f"audit log {self.path} is closed")
             record = {
                 **body,
                 "timestamp": rfc3339_ms(self._clock()),

@@ -195,11 +195,20 @@ def test_failed_file_write_does_not_advance_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     log = AuditLog(path, sink=None)
     promotion(log)
-    log.close()
-    log._fd = 10_000  # a closed descriptor: os.write raises
+    fd = log._fd
+    assert fd is not None
+    os.close(fd)  # os.write now fails with EBADF
     with pytest.raises(OSError):
         promotion(log)
     assert log.seq == 1
+    log._fd = None
+
+
+def test_closed_log_refuses_to_record_rather_than_drop_the_file(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log", sink=None)
+    log.close()
+    with pytest.raises(AuditChainError, match="closed"):
+        promotion(log)
 
 
 def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
