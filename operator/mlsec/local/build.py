@@ -99,7 +99,8 @@ def etcd_bin() -> Path:
 def helm_bin() -> Path:
     def build(out: Path) -> None:
         env = _go_env() | {"GOBIN": str(out), "GOFLAGS": ""}
-        _run(["go", "install", "-trimpath", "-ldflags", "-s -w",
+        ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.HELM}"
+        _run(["go", "install", "-trimpath", "-ldflags", ldflags,
               f"helm.sh/helm/v3/cmd/helm@{versions.HELM}"], cwd=Path(tempfile.gettempdir()), env=env)
 
     return _cached("helm", versions.HELM, ["helm"], build) / "helm"

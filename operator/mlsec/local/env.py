@@ -262,6 +262,8 @@ def _start_apiserver(env: LocalEnv) -> None:
         env.bins["kube-apiserver"],
         f"--etcd-servers=http://127.0.0.1:{env.ports['etcd']}",
         "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        # No kubelet or kube-proxy here: the "kubernetes" Service needs no endpoints.
+        "--endpoint-reconciler-type=none",
         f"--secure-port={env.ports['kube-apiserver']}",
         f"--cert-dir={d / 'apiserver'}",
         f"--tls-cert-file={d / 'pki/apiserver.crt'}", f"--tls-private-key-file={d / 'pki/apiserver.key'}",
@@ -318,8 +320,12 @@ def _seed_ldap(env: LocalEnv) -> None:
 
 
 def _start_openbao(env: LocalEnv) -> None:
+    # OpenBao refuses audit devices over the API unless told otherwise; the local environment lets
+    # tests switch the device off and on (issue 12), a production server would declare it in HCL.
+    config = env.dir / "openbao.hcl"
+    config.write_text("unsafe_allow_api_audit_creation = true\n")
     env.pids["openbao"] = procs.spawn("openbao", [
-        env.bins["bao"], "server", "-dev", f"-dev-root-token-id={env.vault_token}",
+        env.bins["bao"], "server", "-dev", f"-config={config}", f"-dev-root-token-id={env.vault_token}",
         f"-dev-listen-address=127.0.0.1:{env.ports['openbao']}", "-log-level=warn",
     ], env.dir / "logs", env={k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))})
 

@@ -1,0 +1,177 @@
+"""The one place that talks to the Kubernetes API (besides kopf's own watches).
+
+A thin, typed wrapper over the classic ``kubernetes`` REST client: server-side apply with our
+field manager, get/list/delete, and status merge patches — addressed by apiVersion and kind through
+a small static table of the kinds this operator touches, so no discovery round-trips are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+FIELD_MANAGER = "mlsec-operator"
+
+
+@dataclass(frozen=True)
+class Resource:
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+_KNOWN = [
+    Resource("v1", "ServiceAccount", "serviceaccounts"),
+    Resource("v1", "Service", "services"),
+    Resource("v1", "ConfigMap", "configmaps"),
+    Resource("v1", "Secret", "secrets"),
+    Resource("v1", "Event", "events"),
+    Resource("v1", "Namespace", "namespaces", namespaced=False),
+    Resource("apps/v1", "Deployment", "deployments"),
+    Resource("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    Resource("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    Resource("coordination.k8s.io/v1", "Lease", "leases"),
+    Resource("security.istio.io/v1", "PeerAuthentication", "peerauthentications"),
+    Resource("security.istio.io/v1", "AuthorizationPolicy", "authorizationpolicies"),
+    Resource("networking.istio.io/v1", "DestinationRule", "destinationrules"),
+    Resource("networking.istio.io/v1alpha3", "EnvoyFilter", "envoyfilters"),
+    Resource("mlsec.io/v1alpha1", "MLSecurityPolicy", "mlsecuritypolicies"),
+    Resource("mlsec.io/v1alpha1", "ModelDeployment", "modeldeployments"),
+    Resource("mlsec.io/v1alpha1", "ModelApproval", "modelapprovals"),
+    Resource("openreports.io/v1alpha1", "Report", "reports"),
+]
+RESOURCES: dict[tuple[str, str], Resource] = {(r.api_version, r.kind): r for r in _KNOWN}
+
+
+def resource_of(api_version: str, kind: str) -> Resource:
+    try:
+        return RESOURCES[(api_version, kind)]
+    except KeyError:
+        raise KeyError(f"unknown kind {api_version}/{kind}: add it to mlsec.clients.kube") from None
+
+
+class KubeError(Exception):
+    """An API error with the server's message (never the request body, which may hold secrets)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _error(exc: ApiException) -> KubeError:
+    message = exc.reason or ""
+    try:
+        body = json.loads(exc.body or "{}")
+        message = body.get("message", message)
+        reason = body.get("reason", exc.reason or "")
+    except (ValueError, AttributeError):
+        reason = exc.reason or ""
+    return KubeError(int(exc.status or 0), str(reason), str(message))
+
+
+_load_lock = threading.Lock()
+
+
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+    with _load_lock:
+        if kubeconfig or context:
+            return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return kubernetes.client.ApiClient()
+
+
+class Kube:
+    """Generic, dict-based access to the kinds in :data:`RESOURCES`."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None,
+                 field_manager: str = FIELD_MANAGER) -> None:
+        self.api = api_client or load_api_client()
+        self.field_manager = field_manager
+
+    def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
+              body: Any = None, content_type: str | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            data = self.api.call_api(
+                path, method, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"], response_type="object",
+                _return_http_data_only=True, _preload_content=True, _request_timeout=(5, 30),
+            )
+        except ApiException as exc:
+            raise _error(exc) from None
+        return data
+
+    # --- reads ----------------------------------------------------------------------------
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._call("GET", resource_of(api_version, kind).path(namespace, name)))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        data = self._call("GET", resource_of(api_version, kind).path(namespace), query=query)
+        return list(data.get("items", []))
+
+    # --- writes ---------------------------------------------------------------------------
+    def apply(self, obj: dict[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply ``obj`` (a complete desired state) with our field manager."""
+        meta = obj["metadata"]
+        res = resource_of(obj["apiVersion"], obj["kind"])
+        query: list[tuple[str, Any]] = [("fieldManager", self.field_manager), ("force", force)]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        return dict(self._call("PATCH", res.path(meta.get("namespace"), meta["name"]), query=query,
+                               body=obj, content_type="application/apply-patch+yaml"))
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        res = resource_of(obj["apiVersion"], obj["kind"])
+        query = [("fieldManager", self.field_manager)]
+        return dict(self._call("POST", res.path(obj["metadata"].get("namespace")), query=query, body=obj))
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> dict[str, Any]:
+        res = resource_of(api_version, kind)
+        return dict(self._call("PATCH", res.path(namespace, name) + "/status",
+                               query=[("fieldManager", self.field_manager)],
+                               body={"status": status}, content_type="application/merge-patch+json"))
+
+    def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+              body: dict[str, Any]) -> dict[str, Any]:
+        res = resource_of(api_version, kind)
+        return dict(self._call("PATCH", res.path(namespace, name),
+                               query=[("fieldManager", self.field_manager)],
+                               body=body, content_type="application/merge-patch+json"))
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        try:
+            self._call("DELETE", resource_of(api_version, kind).path(namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

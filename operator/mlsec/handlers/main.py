@@ -1,0 +1,41 @@
+"""`mlsec run`: start kopf with our settings, the metrics server and the liveness endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+import kopf
+from prometheus_client import start_http_server
+
+from mlsec.handlers import settings
+
+# Importing these registers their kopf handlers.
+HANDLER_MODULES = ("mlsec.handlers.lifecycle", "mlsec.handlers.policy")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = settings.CONFIG
+    cfg.namespaces = list(args.namespace or [])
+    cfg.metrics_port = args.metrics_port
+    cfg.health_port = args.health_port
+    cfg.webhook_port = args.webhook_port
+    cfg.audit_file = args.audit_file
+    cfg.bind_address = getattr(args, "bind_address", None) or cfg.bind_address
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=cfg.bind_address)
+    liveness = f"http://{cfg.bind_address}:{cfg.health_port}/healthz" if cfg.health_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=not cfg.namespaces,
+        namespaces=cfg.namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,128 @@
+"""MLSecurityPolicy: validate, report Valid/Active in status, and re-reconcile what it governs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from mlsec import GROUP, VERSION
+from mlsec.api import MLSecurityPolicySpec, validation_messages
+from mlsec.audit.events import Action, Context, EventType, Resource, Result
+from mlsec.builders.conditions import Cond, merge_conditions, status_changed
+from mlsec.handlers import context
+from mlsec.handlers.metrics import POLICIES_VALID, observe
+
+KIND = "MLSecurityPolicy"
+PLURAL = "mlsecuritypolicies"
+API = f"{GROUP}/{VERSION}"
+log = logging.getLogger(__name__)
+
+# Other modules (e.g. the ModelDeployment reconciler) register here to be re-run when a namespace's
+# policy changes; a list of callbacks keeps this module free of imports of theirs.
+ON_POLICY_CHANGE: list[Callable[[str], None]] = []
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def policies_by_namespace(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> dict[str, tuple[str, str]]:
+    """namespace → (creationTimestamp, name) of every policy, to find the oldest one."""
+    return {namespace: (str(meta.get("creationTimestamp", "")), name)}
+
+
+def active_policy_name(index: kopf.Index[str, tuple[str, str]], namespace: str) -> str | None:
+    """The policy in force in a namespace: the oldest (by creation time, then name)."""
+    entries = sorted(index.get(namespace, []))
+    return entries[0][1] if entries else None
+
+
+def validate_spec(spec: dict[str, Any]) -> tuple[MLSecurityPolicySpec | None, list[str]]:
+    try:
+        return MLSecurityPolicySpec.model_validate(spec), []
+    except ValidationError as exc:
+        return None, validation_messages(exc)
+
+
+def _write_policy_status(namespace: str, name: str, body: dict[str, Any],
+                         siblings: list[str], active: str | None) -> bool:
+    """Compute and write (only if changed) one policy's conditions; return validity."""
+    spec, errors = validate_spec(dict(body.get("spec") or {}))
+    generation = int(body.get("metadata", {}).get("generation") or 0)
+    conds = [
+        Cond("Valid", True, "Validated", "spec is valid") if spec
+        else Cond("Valid", False, "InvalidSpec", "; ".join(errors)),
+    ]
+    if len(siblings) > 1:
+        others = ", ".join(s for s in siblings if s != name)
+        if name == active:
+            conds.append(Cond("Active", True, "OldestInNamespace",
+                              f"{len(siblings)} MLSecurityPolicies in this namespace ({others} ignored); "
+                              "this one, the oldest, is in force"))
+        else:
+            conds.append(Cond("Active", False, "Superseded",
+                              f"{len(siblings)} MLSecurityPolicies in this namespace; the oldest, "
+                              f"{active}, is in force and this one is ignored"))
+    else:
+        conds.append(Cond("Active", True, "OnlyPolicy", "the only MLSecurityPolicy in this namespace"))
+    old = dict(body.get("status") or {})
+    new = {
+        "conditions": merge_conditions(old.get("conditions"), conds, generation, datetime.now(UTC)),
+        "observedGeneration": generation,
+    }
+    if status_changed(_comparable(old), _comparable(new)):
+        context.kube().patch_status(API, KIND, namespace, name, new)
+    POLICIES_VALID.labels(namespace, name).set(1 if spec else 0)
+    return spec is not None
+
+
+def _comparable(status: dict[str, Any]) -> dict[str, Any]:
+    """Status without transition timestamps, which move only when a status flips anyway."""
+    conds = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+             for c in status.get("conditions") or []]
+    return {"conditions": conds, "observedGeneration": status.get("observedGeneration")}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def policy_changed(body: kopf.Body, namespace: str, name: str,
+                   policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
+    with observe(KIND):
+        siblings = sorted(n for _, n in policies_by_namespace.get(namespace, []))
+        if name not in siblings:
+            siblings = sorted([*siblings, name])
+        active = active_policy_name(policies_by_namespace, namespace) or name
+        valid = _write_policy_status(namespace, name, dict(body), siblings, active)
+        _record(namespace, name, valid, dict(body))
+        if not valid:
+            kopf.warn(dict(body), reason="InvalidPolicy",
+                      message="spec is invalid; ModelDeployments in this namespace are not rolled out")
+        # A new policy changes whether its siblings are in force: refresh their status too.
+        for other in siblings:
+            if other != name:
+                sibling = context.kube().get(API, KIND, namespace, other)
+                if sibling:
+                    _write_policy_status(namespace, other, sibling, siblings, active)
+        for callback in ON_POLICY_CHANGE:
+            callback(namespace)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def policy_deleted(namespace: str, **_: Any) -> None:
+    for callback in ON_POLICY_CHANGE:
+        callback(namespace)
+
+
+def _record(namespace: str, name: str, valid: bool, body: dict[str, Any]) -> None:
+    spec, errors = validate_spec(dict(body.get("spec") or {}))
+    context.audit().record(
+        EventType.POLICY_VALID if valid else EventType.POLICY_INVALID,
+        resource=Resource(type=KIND, name=name, namespace=namespace,
+                          version=str(body.get("metadata", {}).get("generation"))),
+        action=Action(type="VALIDATE"),
+        result=Result(status="SUCCESS" if valid else "FAILURE", reason="; ".join(errors) or None),
+        context=Context(policy=f"{namespace}/{name}"),
+    )
