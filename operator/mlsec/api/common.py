@@ -153,10 +153,15 @@ def duration_between(low: str, high: str) -> Callable[[str], str]:
 
 
 def cel_duration_between(low: str, high: str) -> JsonDict:
-    """The CEL twin of duration_between (CEL's duration() takes the same syntax)."""
+    """The CEL twin of duration_between (CEL's duration() takes the same syntax).
+
+    The API server still runs CEL after a pattern mismatch, so the rule skips values the pattern
+    already rejected instead of adding a confusing conversion error.
+    """
     return cel_rules(
         cel(
-            f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')",
+            f"!self.matches(r'{DURATION_PATTERN}') || "
+            f"(duration(self) >= duration('{low}') && duration(self) <= duration('{high}'))",
             f"must be between {low} and {high}",
         )
     )

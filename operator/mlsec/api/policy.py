@@ -90,7 +90,7 @@ class LDAPConfig(SpecModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
-                "self.url.startsWith('ldaps://') || (has(self.startTLS) && self.startTLS)",
+                "!self.url.startsWith('ldap://') || (has(self.startTLS) && self.startTLS)",
                 "ldap:// requires startTLS: true",
                 field_path=".url",
                 reason="FieldValueInvalid",
