@@ -9,7 +9,9 @@ Decisions taken here (see DESIGN.md "ModelApproval"):
   ``{model_approver: 1}`` plus ``{model_approver: 2, when phi}`` means two for phi models.
 - A person counts once in total. Someone holding several required roles is assigned by maximum
   bipartite matching, so the assignment satisfies as many requirements as possible; ties go to
-  the approvals that expire last, which maximises ``valid_until``.
+  the approvals that expire last, which maximises ``valid_until``. A person's roles are the union
+  over their eligible approvals (the handlers should pass the approver's *current* roles, so
+  leaving an LDAP group withdraws the approval's weight).
 - Approvals bind to stage production and the exact model, version and image digest; a release
   without a digest can never be approved. Approvals expire ``approval_ttl`` after creation.
 - A ``reject`` bound to the release from someone holding an applicable required role blocks until
@@ -145,7 +147,7 @@ def evaluate(
     ttl = rules.approval_ttl
     items = list(approvals)
     verdicts: list[ApprovalVerdict | None] = [None] * len(items)
-    best: dict[str, int] = {}  # approver -> index of their longest-lived eligible approval
+    eligible: dict[str, list[int]] = {}  # approver -> their approvals that could count
 
     def approve(i: int, counted: bool, role: str | None, reason: str) -> None:
         a = items[i]
@@ -159,31 +161,34 @@ def evaluate(
             verdicts[i] = _judge_reject(release, a, required)
         elif (problem := _approval_problem(release, a, rules, required, now)) is not None:
             approve(i, False, None, problem)
-        elif (j := best.get(a.approver)) is None or (a.created, a.name) > (
-            items[j].created,
-            items[j].name,
-        ):
-            best[a.approver] = i
+        else:
+            eligible.setdefault(a.approver, []).append(i)
 
-    # One person, one vote: their other eligible approvals are duplicates.
-    for i, a in enumerate(items):
-        if verdicts[i] is None and best[a.approver] != i:
-            kept = items[best[a.approver]].name
-            approve(i, False, None, f"duplicate: {a.approver} already approved in {kept}")
-
-    # Latest expiry first, so the matching keeps the longest-lived approvers (see module doc).
-    people = sorted(best.values(), key=lambda i: (-items[i].created.timestamp(), items[i].approver))
+    # One person, one vote, via whichever of their approvals serves best. Latest expiry first,
+    # so the matching keeps the longest-lived approvers (see module doc).
+    for mine in eligible.values():
+        mine.sort(key=lambda i: (items[i].created, items[i].name), reverse=True)
+    people = sorted(eligible, key=lambda p: (-items[eligible[p][0]].created.timestamp(), p))
+    roles = [frozenset().union(*(items[i].approver_roles for i in eligible[p])) for p in people]
     slots = [role for role, (count, _) in required.items() for _ in range(count)]
-    matched = greedy_matching([items[i].approver_roles for i in people], slots)
+    matched = greedy_matching(roles, slots)
     have = dict.fromkeys(required, 0)
-    for k, i in enumerate(people):
+    for k, person in enumerate(people):
+        mine = eligible[person]
         if k in matched:
             role = slots[matched[k]]
             have[role] += 1
-            approve(i, True, role, f"counts as {role}")
+            chosen = next(i for i in mine if role in items[i].approver_roles)
+            approve(chosen, True, role, f"counts as {role}")
         else:
-            held = "/".join(r for r in required if r in items[i].approver_roles)
-            approve(i, False, None, f"not needed: the {held} requirement is already met")
+            chosen = mine[0]
+            held = "/".join(r for r in required if r in roles[k])
+            approve(chosen, False, None, f"not needed: the {held} requirement is already met")
+        for i in mine:
+            if i != chosen:
+                approve(
+                    i, False, None, f"duplicate: {person} already approved in {items[chosen].name}"
+                )
 
     final = tuple(v for v in verdicts if v is not None)
     missing = tuple(
