@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = sub.add_parser("local", help="the real local environment (kube-apiserver, slapd, OpenBao)")
     local.add_argument("action", choices=["up", "down", "env", "status", "build"])
-    local.add_argument("--dir", help="state directory (default $MLSEC_LOCAL_DIR or ~/.local/state/mlsec/local)")
+    local.add_argument("--dir", help="state directory (default: $MLSEC_LOCAL_DIR or ~/.local/state/mlsec)")
     local.set_defaults(func=_local)
 
     crds = sub.add_parser("crds", help="regenerate the CRDs (and admission policies) from the models")
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-port", type=int, default=8081)
     run.add_argument("--webhook-port", type=int, default=0, help="0: no admission webhook server")
     run.add_argument("--audit-file", help="append the hash-chained audit log here too")
+    run.add_argument("--bind-address", default="0.0.0.0",
+                     help="address of the metrics, health and webhook servers")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)
 

@@ -8,6 +8,11 @@ the end. To iterate quickly, start one with `mlsec local up` and export MLSEC_LO
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +21,7 @@ import kubernetes
 import pytest
 
 from mlsec.local import env as local
+from mlsec.local import procs
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +100,92 @@ def ldap_info(localenv: local.LocalEnv) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def vault_info(localenv: local.LocalEnv) -> dict[str, str]:
     return {"addr": localenv.vault_addr, "token": localenv.vault_token}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def crds_installed(localenv: local.LocalEnv) -> None:
+    """Our CRDs, applied from crds/ exactly as a user would."""
+    localenv.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    localenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "-l",
+                     "app.kubernetes.io/part-of=mlsec-operator")
+
+
+class OperatorProcess:
+    """`mlsec run` as a child process against the local environment."""
+
+    def __init__(self, localenv: local.LocalEnv, workdir: Path, *extra: str) -> None:
+        self.localenv = localenv
+        self.workdir = workdir
+        self.metrics_port = procs.free_port()
+        self.health_port = procs.free_port()
+        self.audit_file = workdir / "audit.jsonl"
+        self.log_file = workdir / "operator.log"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.localenv.kubeconfig),
+               "VAULT_ADDR": self.localenv.vault_addr}
+        env.pop("VAULT_TOKEN", None)
+        cmd = [sys.executable, "-m", "mlsec", "run", "--metrics-port", str(self.metrics_port),
+               "--health-port", str(self.health_port), "--audit-file", str(self.audit_file),
+               "--bind-address", "127.0.0.1", *self.extra]
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log.close()
+        procs.wait_for("operator", self.healthy, 60, self.proc.pid, self.log_file)
+        return self
+
+    def healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def operator(localenv: local.LocalEnv, crds_installed: None,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator process shared by the tests of a session."""
+    op = OperatorProcess(localenv, tmp_path_factory.mktemp("operator")).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.25,
+               what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except kubernetes.client.ApiException as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")

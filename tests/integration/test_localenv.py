@@ -138,7 +138,8 @@ def test_serviceaccount_token_logs_in_to_openbao(
     secret_path = f"smoke/{uuid.uuid4().hex[:8]}"
     root.secrets.kv.v2.create_or_update_secret(path=secret_path, secret={"answer": "42"})
     policy = f"smoke-{namespace}"
-    root.sys.create_or_update_policy(policy, f'path "secret/data/{secret_path}" {{ capabilities = ["read"] }}')
+    hcl = f'path "secret/data/{secret_path}" {{ capabilities = ["read"] }}'
+    root.sys.create_or_update_policy(policy, hcl)
     role = f"smoke-{namespace}"
     root.auth.kubernetes.create_role(
         role, bound_service_account_names=["reader"], bound_service_account_namespaces=[namespace],
@@ -179,7 +180,8 @@ def test_cached_clients_run(localenv: local.LocalEnv, tool: str) -> None:
     assert "v3.22.0" in proc.stdout if tool == "helm" else "v1.37.1" in proc.stdout
 
 
-def test_api_server_reports_pinned_version(localenv: local.LocalEnv,
-                                           api_client_for: Callable[[str], kubernetes.client.ApiClient]) -> None:
+def test_api_server_reports_pinned_version(
+    api_client_for: Callable[[str], kubernetes.client.ApiClient],
+) -> None:
     info = kubernetes.client.VersionApi(api_client_for("erin")).get_code()
     assert info.git_version == "v1.37.2"

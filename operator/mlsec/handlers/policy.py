@@ -117,7 +117,7 @@ def policy_deleted(namespace: str, **_: Any) -> None:
 
 
 def _record(namespace: str, name: str, valid: bool, body: dict[str, Any]) -> None:
-    spec, errors = validate_spec(dict(body.get("spec") or {}))
+    _, errors = validate_spec(dict(body.get("spec") or {}))
     context.audit().record(
         EventType.POLICY_VALID if valid else EventType.POLICY_INVALID,
         resource=Resource(type=KIND, name=name, namespace=namespace,

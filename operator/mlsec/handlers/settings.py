@@ -23,7 +23,7 @@ class OperatorConfig:
     """Port of the admission webhook server (0: no webhook)."""
     audit_file: str | None = None
     """Append the hash-chained audit log to this file as well as stdout."""
-    bind_address: str = "0.0.0.0"  # noqa: S104 - in a pod; local runs pass 127.0.0.1
+    bind_address: str = "0.0.0.0"
     """Address the metrics, health and webhook servers listen on."""
 
 

@@ -166,7 +166,7 @@ class LocalEnv:
         for name, probe in probes.items():
             try:
                 out[name] = procs.alive(self.pids.get(name, -1)) and probe()
-            except Exception:  # noqa: BLE001 - any probe failure is "not ready"
+            except Exception:
                 out[name] = False
         return out
 

@@ -75,7 +75,7 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, pid: int | No
         try:
             if probe():
                 return
-        except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+        except Exception:
             pass
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
