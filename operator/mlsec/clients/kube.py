@@ -160,6 +160,20 @@ class Kube:
                                query=[("fieldManager", self.field_manager)],
                                body={"status": status}, content_type="application/merge-patch+json"))
 
+    def apply_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: dict[str, Any], *, manager: str | None = None) -> dict[str, Any]:
+        """Server-side apply of part of ``status`` under ``manager`` (default: our field manager).
+
+        Conditions are a list-map keyed by type, so each part of the operator applies only the
+        conditions it owns under its own manager and never clobbers another's.
+        """
+        res = resource_of(api_version, kind)
+        body = {"apiVersion": api_version, "kind": kind,
+                "metadata": {"name": name, "namespace": namespace}, "status": status}
+        query: list[tuple[str, Any]] = [("fieldManager", manager or self.field_manager), ("force", True)]
+        return dict(self._call("PATCH", res.path(namespace, name) + "/status", query=query,
+                               body=body, content_type="application/apply-patch+yaml"))
+
     def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
               body: dict[str, Any]) -> dict[str, Any]:
         res = resource_of(api_version, kind)

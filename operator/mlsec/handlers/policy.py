@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -13,9 +12,10 @@ from pydantic import ValidationError
 from mlsec import GROUP, VERSION
 from mlsec.api import MLSecurityPolicySpec, validation_messages
 from mlsec.audit.events import Action, Context, EventType, Resource, Result
-from mlsec.builders.conditions import Cond, merge_conditions, status_changed
+from mlsec.builders.conditions import Cond
 from mlsec.handlers import context
 from mlsec.handlers.metrics import POLICIES_VALID, observe
+from mlsec.handlers.status import write_status
 
 KIND = "MLSecurityPolicy"
 PLURAL = "mlsecuritypolicies"
@@ -50,7 +50,6 @@ def _write_policy_status(namespace: str, name: str, body: dict[str, Any],
                          siblings: list[str], active: str | None) -> bool:
     """Compute and write (only if changed) one policy's conditions; return validity."""
     spec, errors = validate_spec(dict(body.get("spec") or {}))
-    generation = int(body.get("metadata", {}).get("generation") or 0)
     conds = [
         Cond("Valid", True, "Validated", "spec is valid") if spec
         else Cond("Valid", False, "InvalidSpec", "; ".join(errors)),
@@ -67,22 +66,9 @@ def _write_policy_status(namespace: str, name: str, body: dict[str, Any],
                               f"{active}, is in force and this one is ignored"))
     else:
         conds.append(Cond("Active", True, "OnlyPolicy", "the only MLSecurityPolicy in this namespace"))
-    old = dict(body.get("status") or {})
-    new = {
-        "conditions": merge_conditions(old.get("conditions"), conds, generation, datetime.now(UTC)),
-        "observedGeneration": generation,
-    }
-    if status_changed(_comparable(old), _comparable(new)):
-        context.kube().patch_status(API, KIND, namespace, name, new)
+    write_status(KIND, body, conds)
     POLICIES_VALID.labels(namespace, name).set(1 if spec else 0)
     return spec is not None
-
-
-def _comparable(status: dict[str, Any]) -> dict[str, Any]:
-    """Status without transition timestamps, which move only when a status flips anyway."""
-    conds = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
-             for c in status.get("conditions") or []]
-    return {"conditions": conds, "observedGeneration": status.get("observedGeneration")}
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
