@@ -433,3 +433,34 @@ def down(directory: Path | None = None) -> list[str]:
     env.pids = {}
     env.save()
     return stopped
+
+
+def stop_component(env: LocalEnv, name: str) -> None:
+    """Stop one component (fault tests: LDAP, Vault or API server outages)."""
+    pid = env.pids.get(name)
+    if pid and procs.alive(pid):
+        procs.stop(pid)
+    env.save()
+
+
+def start_component(env: LocalEnv, name: str, timeout: float = 60.0) -> None:
+    """Start a stopped component again on the same port, with the same data where it has any.
+
+    OpenBao runs in dev mode (in-memory storage): a restart brings back an empty server, which is
+    configured again as at ``up`` — the operator must rewrite what it manages (level-based).
+    """
+    logs = env.dir / "logs"
+    if name == "slapd":
+        _start_slapd(env)
+        procs.wait_for("slapd", env.ldap_ready, timeout, env.pids["slapd"], logs / "slapd.log")
+    elif name == "openbao":
+        _start_openbao(env)
+        procs.wait_for("openbao", env.vault_ready, timeout, env.pids["openbao"], logs / "openbao.log")
+        _configure_openbao(env)
+    elif name == "kube-apiserver":
+        _start_apiserver(env)
+        procs.wait_for("kube-apiserver", env.api_ready, timeout, env.pids["kube-apiserver"],
+                       logs / "kube-apiserver.log")
+    else:
+        raise ValueError(f"cannot restart {name}")
+    env.save()
