@@ -20,6 +20,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 
+from mlsec.clients.kube import Kube
 from mlsec.local import env as local
 from mlsec.local import procs
 
@@ -189,3 +190,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: f
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def kube(api_client_for: Callable[[str], kubernetes.client.ApiClient]) -> Kube:
+    """Our own dict-based client, as admin (tests use it to read and write like a user would)."""
+    client = Kube(api_client_for("admin"), field_manager="mlsec-tests")
+    return client
+
+
+@pytest.fixture(scope="session")
+def kube_as(api_client_for: Callable[[str], kubernetes.client.ApiClient]) -> Callable[[str], Kube]:
+    return lambda user: Kube(api_client_for(user), field_manager=f"mlsec-tests-{user}")

@@ -16,6 +16,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 FIELD_MANAGER = "mlsec-operator"
+USER_AGENT = "mlsec-operator/0.1.0"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,11 @@ class Kube:
 
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None,
                  field_manager: str = FIELD_MANAGER) -> None:
-        self.api = api_client or load_api_client()
+        if api_client is None:
+            api_client = load_api_client()
+            # Our writes are recognisable in the API server's audit log by this user agent.
+            api_client.user_agent = USER_AGENT
+        self.api = api_client
         self.field_manager = field_manager
 
     def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,

@@ -12,7 +12,11 @@ from prometheus_client import start_http_server
 from mlsec.handlers import settings
 
 # Importing these registers their kopf handlers.
-HANDLER_MODULES = ("mlsec.handlers.lifecycle", "mlsec.handlers.policy")
+HANDLER_MODULES = (
+    "mlsec.handlers.lifecycle",
+    "mlsec.handlers.policy",
+    "mlsec.handlers.deployment",
+)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,19 +24,29 @@ log = logging.getLogger(__name__)
 
 # Other modules (e.g. the ModelDeployment reconciler) register here to be re-run when a namespace's
 # policy changes; a list of callbacks keeps this module free of imports of theirs.
-ON_POLICY_CHANGE: list[Callable[[str], None]] = []
+# Callbacks receive the namespace and the handler kwargs (which carry kopf's indexes).
+ON_POLICY_CHANGE: list[Callable[[str, dict[str, Any]], None]] = []
+
+PolicyEntry = tuple[str, str, int, dict[str, Any]]  # (creationTimestamp, name, generation, spec)
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def policies_by_namespace(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> dict[str, tuple[str, str]]:
-    """namespace → (creationTimestamp, name) of every policy, to find the oldest one."""
-    return {namespace: (str(meta.get("creationTimestamp", "")), name)}
+def policies_by_namespace(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec,
+                          **_: Any) -> dict[str, PolicyEntry]:
+    """namespace → every policy there, so a reconcile finds the one in force without API calls."""
+    entry = (str(meta.get("creationTimestamp", "")), name, int(meta.get("generation") or 0), dict(spec))
+    return {namespace: entry}
 
 
-def active_policy_name(index: kopf.Index[str, tuple[str, str]], namespace: str) -> str | None:
+def active_policy(index: kopf.Index[str, PolicyEntry], namespace: str) -> PolicyEntry | None:
     """The policy in force in a namespace: the oldest (by creation time, then name)."""
-    entries = sorted(index.get(namespace, []))
-    return entries[0][1] if entries else None
+    entries = sorted(index.get(namespace, []), key=lambda e: (e[0], e[1]))
+    return entries[0] if entries else None
+
+
+def active_policy_name(index: kopf.Index[str, PolicyEntry], namespace: str) -> str | None:
+    entry = active_policy(index, namespace)
+    return entry[1] if entry else None
 
 
 def validate_spec(spec: dict[str, Any]) -> tuple[MLSecurityPolicySpec | None, list[str]]:
@@ -75,9 +85,9 @@ def _write_policy_status(namespace: str, name: str, body: dict[str, Any],
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def policy_changed(body: kopf.Body, namespace: str, name: str,
-                   policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
+                   policies_by_namespace: kopf.Index[str, PolicyEntry], **kwargs: Any) -> None:
     with observe(KIND):
-        siblings = sorted(n for _, n in policies_by_namespace.get(namespace, []))
+        siblings = sorted(e[1] for e in policies_by_namespace.get(namespace, []))
         if name not in siblings:
             siblings = sorted([*siblings, name])
         active = active_policy_name(policies_by_namespace, namespace) or name
@@ -92,14 +102,18 @@ def policy_changed(body: kopf.Body, namespace: str, name: str,
                 sibling = context.kube().get(API, KIND, namespace, other)
                 if sibling:
                     _write_policy_status(namespace, other, sibling, siblings, active)
+        kwargs["policies_by_namespace"] = policies_by_namespace
         for callback in ON_POLICY_CHANGE:
-            callback(namespace)
+            callback(namespace, kwargs)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def policy_deleted(namespace: str, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def policy_deleted(type: str, namespace: str, **kwargs: Any) -> None:
+    """Without a finalizer a deletion is seen only as a DELETED watch event."""
+    if type != "DELETED":
+        return
     for callback in ON_POLICY_CHANGE:
-        callback(namespace)
+        callback(namespace, kwargs)
 
 
 def _record(namespace: str, name: str, valid: bool, body: dict[str, Any]) -> None:

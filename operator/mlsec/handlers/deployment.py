@@ -1,0 +1,239 @@
+"""ModelDeployment reconcile: read, build, apply what differs, report — level-based.
+
+Triggers: the ModelDeployment's own create/update/resume, a change of its namespace's policy, and
+any watch event of a child that someone other than the operator wrote or deleted. Every trigger
+runs the same :func:`reconcile`, which compares each desired child with the live one and writes
+only those that differ, so an idle operator writes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from mlsec import GROUP, VERSION
+from mlsec.api import MLSecurityPolicy, ModelDeployment, validation_messages
+from mlsec.audit.events import Action, Context, EventType, Resource, Result
+from mlsec.builders import compliance
+from mlsec.builders.children import CHILD_KINDS, child_names, desired_children
+from mlsec.builders.conditions import Cond
+from mlsec.builders.drift import in_sync, touched_by_others
+from mlsec.builders.naming import MANAGED_BY
+from mlsec.clients.kube import FIELD_MANAGER, resource_of
+from mlsec.handlers import context, policy
+from mlsec.handlers.metrics import WRITES, observe
+from mlsec.handlers.status import write_status
+
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+API = f"{GROUP}/{VERSION}"
+log = logging.getLogger(__name__)
+
+
+# --- the policy in force ----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_policy(namespace: str, name: str, generation: int, spec_json: str) -> MLSecurityPolicy | str:
+    """Validated policy, or the reason it is invalid (cached per generation)."""
+    try:
+        return MLSecurityPolicy.model_validate(
+            {"metadata": {"name": name, "namespace": namespace}, "spec": json.loads(spec_json)})
+    except ValidationError as exc:
+        return "; ".join(validation_messages(exc))
+
+
+def policy_in_force(namespace: str, indexes: dict[str, Any]) -> tuple[MLSecurityPolicy | None, str]:
+    """(policy, "") or (None, why not) — from kopf's policy index, no API call."""
+    entry = policy.active_policy(indexes["policies_by_namespace"], namespace)
+    if entry is None:
+        return None, f"no MLSecurityPolicy in namespace {namespace}: nothing is rolled out (fail closed)"
+    _, name, generation, spec = entry
+    parsed = _parse_policy(namespace, name, generation, json.dumps(spec, sort_keys=True))
+    if isinstance(parsed, str):
+        return None, f"MLSecurityPolicy {name} is invalid: {parsed}"
+    return parsed, ""
+
+
+# --- one reconcile at a time per object -------------------------------------------------------
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _locked(namespace: str, name: str) -> Iterator[None]:
+    with _locks_guard:
+        lock = _locks.setdefault((namespace, name), threading.Lock())
+    with lock:
+        yield
+
+
+@dataclass
+class Outcome:
+    rolled_out: bool
+    retry: str | None = None  # a transient reason to try again later (e.g. Vault unavailable)
+    written: list[str] = field(default_factory=list)
+
+
+def reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
+    with _locked(namespace, name), observe(KIND):
+        return _reconcile(namespace, name, indexes)
+
+
+def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
+    kube = context.kube()
+    # Re-read under the lock: another trigger may have changed the object meanwhile.
+    body = kube.get(API, KIND, namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return Outcome(rolled_out=False)
+    try:
+        md = ModelDeployment.model_validate(body)
+    except ValidationError as exc:
+        msg = "; ".join(validation_messages(exc))
+        write_status(KIND, body, [Cond("Ready", False, "InvalidSpec", msg),
+                                  Cond("PolicyCompliant", False, "InvalidSpec", msg)])
+        return Outcome(rolled_out=False)
+
+    pol, why = policy_in_force(namespace, indexes)
+    if pol is None:
+        reason = "NoPolicy" if why.startswith("no ") else "PolicyInvalid"
+        if write_status(KIND, body, [Cond("Ready", False, reason, why),
+                                     Cond("PolicyCompliant", False, reason, why)]):
+            kopf.warn(body, reason=reason, message=why)
+        return Outcome(rolled_out=False)
+
+    enforce = pol.spec.enforcement == "enforce"
+    problems = compliance.violations(md, pol)
+    conds: list[Cond] = []
+    if problems:
+        text = "; ".join(str(p) for p in problems)
+        conds.append(Cond("PolicyCompliant", False, "PolicyViolation", text))
+        if enforce:
+            conds.append(Cond("Ready", False, "RolloutBlocked",
+                              f"not rolled out, the previous rollout stays: {text}"))
+            if write_status(KIND, body, conds):
+                kopf.warn(body, reason="RolloutBlocked", message=text)
+                _audit(md, pol, EventType.ROLLOUT_BLOCKED, "DENIED", text)
+            return Outcome(rolled_out=False)
+    else:
+        conds.append(Cond("PolicyCompliant", True, "Compliant", "all policy rules are met"))
+
+    desired = desired_children(md, pol)
+    written = _apply_children(namespace, desired)
+    ready_msg = "all children are in place" if not problems else \
+        "rolled out in audit mode despite policy violations"
+    conds.append(Cond("Ready", True, "Reconciled", ready_msg))
+    fields = {
+        "children": {k: v for k, v in child_names(md).items()
+                     if any(c["kind"] == k for c in desired)},
+        "lastAppliedVersion": md.spec.version,
+        "lastAppliedImage": md.spec.image,
+        "stage": md.spec.stage.value,
+    }
+    write_status(KIND, body, conds, fields)
+    if written:
+        _audit(md, pol, EventType.RECONCILED, "SUCCESS", f"applied {', '.join(written)}")
+    return Outcome(rolled_out=True, written=written)
+
+
+def _apply_children(namespace: str, desired: list[dict[str, Any]]) -> list[str]:
+    kube = context.kube()
+    written = []
+    wanted = {(c["apiVersion"], c["kind"], c["metadata"]["name"]) for c in desired}
+    for child in desired:
+        meta = child["metadata"]
+        live = kube.get(child["apiVersion"], child["kind"], namespace, meta["name"])
+        if in_sync(child, live):
+            continue
+        kube.apply(child)
+        WRITES.labels(child["kind"]).inc()
+        written.append(f"{child['kind']}/{meta['name']}")
+    # Prune children no longer desired (e.g. the EnvoyFilter when the rate limit goes away).
+    owner = desired[-1]["metadata"]["ownerReferences"][0]["uid"] if desired else None
+    for api_version, kind in CHILD_KINDS:
+        if any(w[0] == api_version and w[1] == kind for w in wanted):
+            continue
+        for live in kube.list(api_version, kind, namespace,
+                              label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}"):
+            refs = live.get("metadata", {}).get("ownerReferences") or []
+            if owner and any(r.get("uid") == owner for r in refs):
+                kube.delete(api_version, kind, namespace, live["metadata"]["name"])
+                written.append(f"-{kind}/{live['metadata']['name']}")
+    return written
+
+
+def _audit(md: ModelDeployment, pol: MLSecurityPolicy, event: EventType, status: str, reason: str) -> None:
+    context.audit().record(
+        event,
+        resource=Resource(type=KIND, name=md.metadata.name, namespace=md.metadata.namespace,
+                          version=md.spec.version),
+        action=Action(type="RECONCILE", details={"stage": md.spec.stage.value, "image": md.spec.image}),
+        result=Result(status=status, reason=reason),
+        context=Context(policy=f"{pol.metadata.namespace}/{pol.metadata.name}"),
+    )
+
+
+# --- kopf wiring --------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def model_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+    outcome = reconcile(namespace, name, kwargs)
+    if outcome.retry:
+        raise kopf.TemporaryError(outcome.retry, delay=15)
+
+
+def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:
+    """Re-reconcile every ModelDeployment governed by a namespace's policy."""
+    for item in context.kube().list(API, KIND, namespace):
+        try:
+            reconcile(namespace, item["metadata"]["name"], kwargs)
+        except Exception:  # one broken model must not starve the others
+            log.exception("reconcile of %s/%s after a policy change failed",
+                          namespace, item["metadata"]["name"])
+
+
+policy.ON_POLICY_CHANGE.append(_policy_changed)
+
+
+def _owner_name(body: kopf.Body) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(ref.get("name"))
+    return None
+
+
+def _child_event(type: str | None, body: kopf.Body, namespace: str, **kwargs: Any) -> None:
+    """A child changed: repair it if someone else edited or deleted it."""
+    owner = _owner_name(body)
+    if owner is None or type is None:  # type None: the initial listing, handled by resume
+        return
+    if type != "DELETED" and not touched_by_others(dict(body), FIELD_MANAGER):
+        return
+    try:
+        reconcile(namespace, owner, kwargs)
+    except Exception:  # logged; the next event or resume retries
+        log.exception("repairing %s of %s/%s failed", body.get("kind"), namespace, owner)
+
+
+def _register_child_watches() -> None:
+    for api_version, kind in CHILD_KINDS:
+        group, _, version = api_version.rpartition("/")
+        plural = resource_of(api_version, kind).plural
+        kopf.on.event(group, version, plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+                      id=f"child-{kind.lower()}")(_child_event)
+
+
+_register_child_watches()
