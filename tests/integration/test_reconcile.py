@@ -89,8 +89,10 @@ def test_hand_edits_are_reverted(operator: OperatorProcess, kube: Kube, namespac
     _setup(kube, namespace)
     localenv.kubectl("scale", "deployment/mri-classifier", "-n", namespace, "--replicas=7")
     started = time.monotonic()
-    wait_until(lambda: kube.get("apps/v1", "Deployment", namespace, "mri-classifier")["spec"]["replicas"] == 2,
-               timeout=10, what="replicas restored to 2")
+    def replicas() -> int:
+        return int(kube.get("apps/v1", "Deployment", namespace, "mri-classifier")["spec"]["replicas"])  # type: ignore[index]
+
+    wait_until(lambda: replicas() == 2, timeout=10, what="replicas restored to 2")
     kube.delete("security.istio.io/v1", "AuthorizationPolicy", namespace, "mri-classifier")
     wait_until(lambda: kube.get("security.istio.io/v1", "AuthorizationPolicy", namespace, "mri-classifier"),
                timeout=10, what="AuthorizationPolicy re-created")
@@ -159,7 +161,8 @@ def test_bad_image_is_rolled_out_and_reported_in_audit_mode(operator: OperatorPr
     assert "images.requireDigest" in r.condition(obj, "PolicyCompliant")["message"]  # type: ignore[index]
 
 
-def test_no_policy_fails_closed_then_reconciles(operator: OperatorProcess, kube: Kube, namespace: str) -> None:
+def test_no_policy_fails_closed_then_reconciles(operator: OperatorProcess, kube: Kube,
+                                                namespace: str) -> None:
     kube.create(r.model(namespace))
 
     def refused() -> dict[str, Any] | None:
