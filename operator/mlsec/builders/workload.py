@@ -18,6 +18,7 @@ from mlsec.builders.naming import (
     service_account_name,
     service_name,
 )
+from mlsec.builders.quantity import canonical_quantity
 from mlsec.builders.vault import needs_service_account_token, vault_annotations
 
 CONTAINER_NAME = "model-server"
@@ -44,13 +45,13 @@ def service_account(md: ModelDeployment, policy: MLSecurityPolicy) -> Obj:
 
 
 def _resources(res: ResourceRequirements | None) -> Obj | None:
-    """requests/limits as strings (the API server stores quantities as strings); None if empty."""
+    """requests/limits as the API server stores them (canonical quantities); None if empty."""
     if res is None:
         return None
     out: Obj = {}
     for field, values in (("limits", res.limits), ("requests", res.requests)):
         if values:
-            out[field] = {k: str(v) for k, v in sorted(values.items())}
+            out[field] = {k: canonical_quantity(v) for k, v in sorted(values.items())}
     return out or None
 
 

@@ -24,6 +24,7 @@ from builders_cases import DIGEST, REPO, make_md, make_policy
 from builders_schema import istio_crd_file
 
 from mlsec.builders.children import desired_children
+from mlsec.builders.quantity import canonical_quantity
 
 GO_MODULE = REPO / "operator" / "mlsec" / "local" / "go"
 SOURCE = Path(__file__).parent / "apivalidate" / "main.go"
@@ -128,3 +129,59 @@ def test_the_validator_is_not_vacuous(apivalidate: Path, tmp_path: Path) -> None
     for expected in ['"BOGUS"', "only one of targetRefs or selector", "waypointMatch", "HTTP_x",
                      "allowPrivilegeEscalation", 'unknown field "bogus"']:
         assert expected in out, (expected, out)
+
+
+def _quantity_corpus() -> list[str]:
+    """Hand-picked edge cases plus a deterministic sweep of spellings."""
+    cases = [
+        "0", "1", "2", "+1", "-1", "10", "1000", "1001", "1.", ".5", "0.5", "1.5", "1.500", "1.1",
+        "0100m", "1000m", "100m", "0.1m", "1n", "0.0000000001", "1u", "1k", "1M", "1G", "1T", "1P",
+        "1E", "1000E", "1e3", "1E3", "1.5e3", "12e6", "1e-3", "1e-12", "1Ki", "0.5Ki", "1.5Ki",
+        "100Ki", "1024Mi", "1536Mi", "1.5Gi", "8Gi", "0Gi", "4Gi", "1023Ki", "1025Ki", "7Ei",
+        "123456789012345678", "1234567890123456789", "123456789012345678901", "9223372036854775807",
+        "9223372036854775808", "0.000000000000000000001", "99999999999999999999Ei", "1.23456789012m",
+        "-0.5", "-1.5Gi", "-1024Mi", "00", "000.000", "0.0",
+        # not quantities
+        "", "abc", "1Qi", "1.2.3", "1e", "--1", "1e+", "1Kii", "1 ", "1.5.Gi",
+    ]
+    suffixes = ["", "m", "k", "M", "G", "n", "u", "Ki", "Mi", "Gi", "Ti", "e2", "e-2", "E6"]
+    numbers = ["1", "3", "8", "10", "16", "100", "512", "999", "1000", "1024", "1536", "2048",
+               "0.25", "0.5", "1.5", "2.048", "10.0", "1024.0", "3000", "4096000"]
+    cases += [n + s for n in numbers for s in suffixes]
+    return cases
+
+
+def test_quantities_are_canonical_like_the_api_server(apivalidate: Path, tmp_path: Path) -> None:
+    corpus = _quantity_corpus()
+    path = tmp_path / "quantities.json"
+    path.write_text(json.dumps(corpus))
+    proc = subprocess.run(
+        [str(apivalidate), "-quantities", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads(proc.stdout)
+    mismatches = []
+    for text, expected in zip(corpus, stored, strict=True):
+        if expected.startswith("error:"):
+            with pytest.raises(ValueError):
+                canonical_quantity(text)
+            continue
+        try:
+            got = canonical_quantity(text)
+        except ValueError as exc:
+            got = f"ValueError: {exc}"
+        if got != expected:
+            mismatches.append((text, got, expected))
+    assert mismatches == []
+
+
+def test_user_spelled_quantities_compare_equal_after_apply(
+    apivalidate: Path, tmp_path: Path
+) -> None:
+    resources = {
+        "requests": {"cpu": "0.5", "memory": "1024Mi", "ephemeral-storage": 1073741824},
+        "limits": {"cpu": "1000m", "memory": "1.5Gi", "ephemeral-storage": "2Gi"},
+    }
+    dep = desired_children(make_md(resources=resources), make_policy())[-1]
+    rc, out = _run(apivalidate, [dep], tmp_path)
+    assert rc == 0, out

@@ -8,6 +8,7 @@ import pytest
 from builders_cases import make_md, make_policy
 
 from mlsec.builders.naming import labels
+from mlsec.builders.vault import vault_annotations
 from mlsec.builders.workload import deployment, service, service_account
 
 
@@ -72,7 +73,10 @@ def test_deployment_selector_labels_and_annotations() -> None:
     assert dep["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/instance": "mri-classifier"}}
     template = dep["spec"]["template"]["metadata"]
     assert template["labels"] == {**labels(md), "sidecar.istio.io/inject": "true"}
-    assert template["annotations"] == {"sidecar.istio.io/inject": "true"}
+    # Istio injection, plus whatever the Vault builder asks the injector for
+    assert template["annotations"] == {
+        "sidecar.istio.io/inject": "true", **vault_annotations(md, make_policy())
+    }
     # The selector must select the pods it creates.
     assert dep["spec"]["selector"]["matchLabels"].items() <= template["labels"].items()
     assert dep["spec"].keys() == {"replicas", "selector", "template"}  # nothing defaulted
@@ -89,6 +93,10 @@ def test_resources_as_given_and_omitted_when_none() -> None:
     assert "resources" not in c
     [c] = _pod(deployment(make_md(resources={"limits": {"cpu": 1}}), policy))["containers"]
     assert c["resources"] == {"limits": {"cpu": "1"}}  # the API server stores quantities as text
+    spelled = {"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": "1000m"}}
+    [c] = _pod(deployment(make_md(resources=spelled), policy))["containers"]
+    # ... in canonical form, so that the live object compares equal to what we built
+    assert c["resources"] == {"limits": {"cpu": "1"}, "requests": {"cpu": "500m", "memory": "1Gi"}}
     [c] = _pod(deployment(make_md(resources={}), policy))["containers"]
     assert "resources" not in c
 

@@ -2,10 +2,14 @@
 //
 // Usage: apivalidate CRDS.yaml OBJECTS.json   (OBJECTS.json: a JSON list of objects)
 //
+//	apivalidate -quantities QUANTITIES.json (a JSON list of strings; prints them as stored)
+//
 // Core kinds (ServiceAccount, Service, Deployment): strict decoding (unknown fields are errors),
 // defaulting, conversion and the API server's own validation code; for a Deployment also the Pod
 // Security Standards "restricted" level. Custom resources (the Istio CRDs in CRDS.yaml): unknown
 // fields (what the API server would prune), the OpenAPI schema, the CEL rules, and metadata.
+// Core kinds are also compared with what the server would store: a field we set that the server
+// normalizes (a quantity like 1000m stored as 1) is reported as "normalized".
 // Prints one line per object (OK or INVALID, followed by the errors); exit status 1 if any is
 // invalid. Built by tests/unit/builders/test_builders_apivalidate.py against the module versions
 // of operator/mlsec/local/go/go.mod (the same Kubernetes the local environment runs).
@@ -28,6 +32,7 @@ import (
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
 	apiservervalidation "k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/api/validation"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -93,8 +98,53 @@ func strictDecode(raw []byte, into runtime.Object) error {
 	return err
 }
 
+// subset reports where “ours“ is not contained in “server“ (the object after decoding and
+// defaulting, as the API server stores it): a field the server normalizes would never compare
+// equal to what we built.
+func subset(ours, server interface{}, path string) []string {
+	switch o := ours.(type) {
+	case map[string]interface{}:
+		s, ok := server.(map[string]interface{})
+		if !ok {
+			return []string{fmt.Sprintf("normalized: %s: ours %v, stored %v", path, ours, server)}
+		}
+		var out []string
+		for k, v := range o {
+			out = append(out, subset(v, s[k], path+"."+k)...)
+		}
+		return out
+	case []interface{}:
+		s, ok := server.([]interface{})
+		if !ok || len(s) != len(o) {
+			return []string{fmt.Sprintf("normalized: %s: ours %v, stored %v", path, ours, server)}
+		}
+		var out []string
+		for i := range o {
+			out = append(out, subset(o[i], s[i], fmt.Sprintf("%s[%d]", path, i))...)
+		}
+		return out
+	default:
+		a, _ := json.Marshal(ours)
+		b, _ := json.Marshal(server)
+		if !bytes.Equal(a, b) {
+			return []string{fmt.Sprintf("normalized: %s: ours %s, stored %s", path, a, b)}
+		}
+		return nil
+	}
+}
+
+func roundTrip(raw []byte, defaulted runtime.Object) []string {
+	var ours, stored interface{}
+	must(json.Unmarshal(raw, &ours))
+	b, err := json.Marshal(defaulted)
+	must(err)
+	must(json.Unmarshal(b, &stored))
+	return subset(ours, stored, "")
+}
+
 func validateCore(raw []byte, kind string) []string {
 	var errs field.ErrorList
+	var defaulted runtime.Object
 	switch kind {
 	case "Deployment":
 		var v appsv1.Deployment
@@ -102,6 +152,7 @@ func validateCore(raw []byte, kind string) []string {
 			return []string{"decode: " + err.Error()}
 		}
 		legacyscheme.Scheme.Default(&v)
+		defaulted = v.DeepCopyObject()
 		var in apps.Deployment
 		must(legacyscheme.Scheme.Convert(&v, &in, nil))
 		errs = appsvalidation.ValidateDeployment(&in, corevalidation.PodValidationOptions{})
@@ -120,6 +171,7 @@ func validateCore(raw []byte, kind string) []string {
 			return []string{"decode: " + err.Error()}
 		}
 		legacyscheme.Scheme.Default(&v)
+		defaulted = v.DeepCopyObject()
 		var in core.Service
 		must(legacyscheme.Scheme.Convert(&v, &in, nil))
 		errs = corevalidation.ValidateServiceCreate(&in)
@@ -129,13 +181,14 @@ func validateCore(raw []byte, kind string) []string {
 			return []string{"decode: " + err.Error()}
 		}
 		legacyscheme.Scheme.Default(&v)
+		defaulted = v.DeepCopyObject()
 		var in core.ServiceAccount
 		must(legacyscheme.Scheme.Convert(&v, &in, nil))
 		errs = corevalidation.ValidateServiceAccount(&in)
 	default:
 		return []string{"unknown core kind " + kind}
 	}
-	var out []string
+	out := roundTrip(raw, defaulted)
 	for _, e := range errs {
 		out = append(out, e.Error())
 	}
@@ -171,7 +224,34 @@ func validateCR(raw []byte, crds map[string]crdVersion) []string {
 	return out
 }
 
+// quantities prints, for each string of a JSON list, the quantity as the API server stores it
+// (ParseQuantity, then MarshalJSON), or "error: ..." if it is none.
+func quantities(path string) {
+	data, err := os.ReadFile(path)
+	must(err)
+	var in []string
+	must(json.Unmarshal(data, &in))
+	out := make([]string, len(in))
+	for i, s := range in {
+		q, err := resource.ParseQuantity(s)
+		if err != nil {
+			out[i] = "error: " + err.Error()
+			continue
+		}
+		b, err := q.MarshalJSON()
+		must(err)
+		must(json.Unmarshal(b, &out[i]))
+	}
+	b, err := json.Marshal(out)
+	must(err)
+	fmt.Println(string(b))
+}
+
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "-quantities" {
+		quantities(os.Args[2])
+		return
+	}
 	crds := loadCRDs(os.Args[1])
 	data, err := os.ReadFile(os.Args[2])
 	must(err)
