@@ -1,0 +1,463 @@
+"""LDAP → RBAC: platform-role Roles and RoleBindings of a namespace, synced from LDAP groups.
+
+When: on create/update/resume of the namespace's active MLSecurityPolicy, and then every
+``spec.ldap.syncInterval``. The schedule is an async kopf timer ticking every TICK_SECONDS that
+only checks, in memory, whether a sync is due; a due sync runs in a worker thread. A timer rather
+than a per-policy daemon because kopf runs a sync daemon in the handler thread pool for its whole
+life (8 workers here), so a few namespaces would starve every other handler; a tick that usually
+does nothing costs nothing and still lets the interval come from the spec and failures back off.
+
+Fail-safe: if anything cannot be read (LDAP down, bad credentials, a search failing part-way,
+Secret missing), no Role or RoleBinding is touched. LDAPSynced turns False with the reason and
+the sync is retried after 10 s, 20 s, 40 s… (never later than the interval). Writes happen only
+for objects whose desired hash or security content (rules, subjects) differ from the live ones.
+
+The membership of the last successful sync is kept in memory for the promotion gate
+(:func:`platform_roles_of`, :func:`role_snapshot`); after a restart it is seeded from the live
+RoleBindings, which are exactly that sync's result, with its time from ``status.ldap.lastSync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from mlsec import GROUP, VERSION
+from mlsec.api import MLSecurityPolicy, PlatformRole, SecretKeyRef, parse_duration
+from mlsec.audit.events import Action, Context, EventType, Resource, Result
+from mlsec.builders import rbac
+from mlsec.builders.conditions import Cond, rfc3339
+from mlsec.builders.meta import DESIRED_HASH_ANNOTATION, Obj
+from mlsec.clients.kube import KubeError
+from mlsec.clients.ldap import DirectoryClient, DirectoryError, DirectorySettings, LdapDirectory
+from mlsec.handlers import context
+from mlsec.handlers.metrics import WRITES
+from mlsec.handlers.policy import KIND, PLURAL, active_policy_name
+from mlsec.handlers.status import write_status
+
+log = logging.getLogger(__name__)
+
+OWNER = "mlsec-operator-ldap"
+CONDITION = "LDAPSynced"
+TICK_SECONDS = 5.0
+RETRY_FIRST_SECONDS = 10.0
+RBAC_KINDS = ("Role", "RoleBinding")
+
+SYNCS = Counter("mlsec_ldap_sync_total", "LDAP → RBAC syncs by result (reason on failure).",
+                ["result"])
+SYNC_SECONDS = Histogram("mlsec_ldap_sync_duration_seconds", "LDAP → RBAC sync duration.",
+                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+# Replaced by tests and the benchmark; the handler never builds an ldap3 connection itself.
+DirectoryFactory = Callable[[DirectorySettings, str], DirectoryClient]
+directory_factory: DirectoryFactory = LdapDirectory
+
+
+# --- the membership cache the promotion gate reads ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleSnapshot:
+    """Platform roles of a namespace as of the last successful sync."""
+
+    policy: str
+    synced_at: datetime | None
+    """When LDAP was read; None if unknown (seeded from RoleBindings of a policy never synced)."""
+    members: Mapping[str, tuple[str, ...]]
+    """platform role → user ids."""
+    by_user: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def age(self, now: datetime | None = None) -> timedelta | None:
+        if self.synced_at is None:
+            return None
+        return (now or datetime.now(UTC)) - self.synced_at
+
+
+_SNAPSHOTS: dict[str, RoleSnapshot] = {}
+
+
+def role_snapshot(namespace: str) -> RoleSnapshot | None:
+    return _SNAPSHOTS.get(namespace)
+
+
+def platform_roles_of(namespace: str, user: str) -> frozenset[str]:
+    """Platform roles (e.g. ``{"model_approver"}``) ``user`` holds in ``namespace``, per LDAP.
+
+    Empty when the user holds none or the namespace was never synced; check
+    :func:`role_cache_age` to decide whether the answer is fresh enough.
+    """
+    snap = _SNAPSHOTS.get(namespace)
+    return snap.by_user.get(user, frozenset()) if snap else frozenset()
+
+
+def role_cache_age(namespace: str, now: datetime | None = None) -> timedelta | None:
+    """How old the membership behind :func:`platform_roles_of` is (None: unknown / never)."""
+    snap = _SNAPSHOTS.get(namespace)
+    return snap.age(now) if snap else None
+
+
+def _remember(namespace: str, policy: str, members: Mapping[str, Sequence[str]],
+              synced_at: datetime | None) -> None:
+    frozen = {role: tuple(users) for role, users in members.items()}
+    _SNAPSHOTS[namespace] = RoleSnapshot(policy, synced_at, frozen, rbac.roles_by_user(frozen))
+
+
+# --- per-namespace schedule --------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    uid: str
+    interval: float = 300.0
+    next_due: float = 0.0  # time.monotonic()
+    failures: int = 0
+    last_failure: str | None = None  # reason, to post events and warnings on transitions only
+    synced_generation: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_STATES: dict[str, _State] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def _state(namespace: str, uid: str) -> _State:
+    with _STATES_LOCK:
+        state = _STATES.get(namespace)
+        if state is None or state.uid != uid:  # a new policy object: start afresh
+            state = _STATES[namespace] = _State(uid)
+        return state
+
+
+def forget(namespace: str) -> None:
+    with _STATES_LOCK:
+        _STATES.pop(namespace, None)
+    _SNAPSHOTS.pop(namespace, None)
+
+
+# --- kopf handlers -----------------------------------------------------------------------------
+
+
+def _is_active(index: kopf.Index[str, tuple[str, str]], namespace: str, name: str) -> bool:
+    return active_policy_name(index, namespace) in (None, name)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="ldap-rbac")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="ldap-rbac")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="ldap-rbac")
+def ldap_policy_changed(body: kopf.Body, namespace: str, name: str,
+                        policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
+    """A new or changed policy (or an annotation touched to ask for it): sync now."""
+    if _is_active(policies_by_namespace, namespace, name):
+        sync_namespace(namespace, body)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, id="ldap-rbac-timer")
+async def ldap_sync_timer(body: kopf.Body, namespace: str, name: str, uid: str,
+                          policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
+    if not _is_active(policies_by_namespace, namespace, name):
+        return
+    state = _state(namespace, uid)
+    if time.monotonic() < state.next_due or state.lock.locked():
+        return
+    await asyncio.to_thread(sync_namespace, namespace, body, wait=False)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="ldap-rbac", optional=True)
+def ldap_policy_deleted(namespace: str, uid: str, **_: Any) -> None:
+    # The Roles and RoleBindings go with the policy (owner references, garbage collector).
+    with _STATES_LOCK:
+        state = _STATES.get(namespace)
+    if state is not None and state.uid == uid:
+        forget(namespace)
+
+
+# --- one sync ----------------------------------------------------------------------------------
+
+
+class SyncFailed(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one successful sync did (also what the benchmark prints)."""
+
+    users: int
+    groups: int
+    members: Mapping[str, Sequence[str]]
+    written: tuple[str, ...]
+    deleted: tuple[str, ...]
+    added: Mapping[str, Sequence[str]]
+    removed: Mapping[str, Sequence[str]]
+    missing_groups: tuple[str, ...]
+    ldap_seconds: float
+    status_written: bool
+
+
+def sync_namespace(namespace: str, body: Mapping[str, Any], *, wait: bool = True) -> SyncReport | None:
+    """Sync the RBAC of ``namespace`` from ``body`` (its active policy). Never raises.
+
+    Returns the report, or None when the sync failed (status tells why) or, with
+    ``wait=False``, when another sync of the namespace is running.
+    """
+    meta = body.get("metadata") or {}
+    state = _state(namespace, str(meta.get("uid", "")))
+    if not state.lock.acquire(blocking=wait):
+        return None
+    started = time.perf_counter()
+    try:
+        report = _sync(namespace, body, state)
+    except SyncFailed as exc:
+        _failed(namespace, body, state, exc)
+        SYNCS.labels(exc.reason).inc()
+        return None
+    except Exception as exc:  # a bug or an API outage: same fail-safe path, with the traceback
+        log.exception("LDAP sync of %s failed unexpectedly", namespace)
+        _failed(namespace, body, state, SyncFailed("InternalError", f"{type(exc).__name__}: {exc}"))
+        SYNCS.labels("InternalError").inc()
+        return None
+    else:
+        SYNCS.labels("success").inc()
+        return report
+    finally:
+        SYNC_SECONDS.observe(time.perf_counter() - started)
+        state.lock.release()
+
+
+def _sync(namespace: str, body: Mapping[str, Any], state: _State) -> SyncReport:
+    meta = dict(body.get("metadata") or {})
+    try:
+        policy = MLSecurityPolicy.model_validate({"metadata": meta, "spec": body.get("spec") or {}})
+    except ValidationError:
+        state.interval = 300.0
+        raise SyncFailed("InvalidPolicy", "the spec is invalid (see condition Valid)") from None
+    ldap = policy.spec.ldap
+    state.interval = parse_duration(ldap.sync_interval).total_seconds()
+
+    password = _secret_value(namespace, ldap.bind_password_secret_ref, "bindPasswordSecretRef")
+    ca_pem = _secret_value(namespace, ldap.ca_secret_ref, "caSecretRef") if ldap.ca_secret_ref else None
+    settings = DirectorySettings(
+        url=ldap.url, start_tls=ldap.start_tls, bind_dn=ldap.bind_dn, ca_pem=ca_pem,
+        user_search_base=ldap.user_search_base, group_search_base=ldap.group_search_base,
+        user_id_attribute=ldap.user_id_attribute, group_object_class=ldap.group_object_class,
+    )
+    t0 = time.perf_counter()
+    try:
+        membership = directory_factory(settings, password).group_members(
+            [m.ldap_group for m in policy.spec.role_mappings])
+    except DirectoryError as exc:
+        raise SyncFailed(exc.reason, exc.message) from None
+    ldap_seconds = time.perf_counter() - t0
+    synced_at = datetime.now(UTC)
+
+    members = rbac.role_members(membership.groups, policy.spec.role_mappings)
+    written, deleted, added, removed = _converge(namespace, rbac.desired_rbac(policy, members))
+    _remember(namespace, str(meta.get("name")), members, synced_at)
+
+    users = len({u for us in members.values() for u in us})
+    groups = len(membership.groups)
+    total = len({m.ldap_group for m in policy.spec.role_mappings})
+    message = f"{users} users hold a platform role, from {groups} of {total} mapped LDAP groups"
+    if membership.missing:
+        message += f"; not found under groupSearchBase: {', '.join(membership.missing)}"
+    status_written = write_status(KIND, body, [Cond(CONDITION, True, "Synced", message)], {
+        "ldap": {"lastSync": rfc3339(synced_at), "users": users, "groups": groups},
+        "roleMembers": {role: len(us) for role, us in members.items()},
+    }, owner=OWNER)
+
+    generation = int(meta.get("generation") or 0)
+    changed = bool(written or deleted)
+    if changed or state.synced_generation != generation or state.failures:
+        _audit_synced(namespace, policy, members, written, deleted, added, removed, membership.missing)
+    if changed:
+        _event(body, "Normal", "RBACSynced", _change_text(written, deleted, added, removed))
+    log.info("LDAP sync of %s: %s; %d written, %d deleted in %.2fs (LDAP %.2fs)", namespace, message,
+             len(written), len(deleted), time.perf_counter() - t0, ldap_seconds)
+    state.failures, state.last_failure, state.synced_generation = 0, None, generation
+    state.next_due = time.monotonic() + state.interval
+    return SyncReport(users, groups, members, written, deleted, added, removed, membership.missing,
+                      ldap_seconds, status_written)
+
+
+def _secret_value(namespace: str, ref: SecretKeyRef, field_name: str) -> str:
+    """One key of a Secret, decoded. The value is returned, never put into a message."""
+    secret = context.kube().get("v1", "Secret", namespace, ref.name)
+    if secret is None:
+        raise SyncFailed("SecretNotFound", f"{field_name}: Secret {ref.name} not found")
+    encoded = (secret.get("data") or {}).get(ref.key)
+    if encoded is None:
+        raise SyncFailed("SecretKeyNotFound", f"{field_name}: Secret {ref.name} has no key {ref.key}")
+    try:
+        return base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise SyncFailed("SecretInvalid", f"{field_name}: key {ref.key} of Secret {ref.name} "
+                         "is not UTF-8 text") from None
+
+
+# --- converge live objects to desired ---------------------------------------------------------
+
+
+def _security_content(obj: Mapping[str, Any]) -> Any:
+    """What grants access; compared too, so that a hand-edited binding is put back (drift)."""
+    if obj.get("kind") == "Role":
+        return obj.get("rules") or []
+    return (obj.get("roleRef"), obj.get("subjects") or [])
+
+
+def _differs(live: Mapping[str, Any] | None, desired: Obj) -> bool:
+    if live is None:
+        return True
+    live_hash = ((live.get("metadata") or {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION)
+    want_hash = desired["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
+    return bool(live_hash != want_hash) or _security_content(live) != _security_content(desired)
+
+
+def _subjects(obj: Mapping[str, Any] | None) -> set[str]:
+    return {s.get("name", "") for s in (obj or {}).get("subjects") or [] if s.get("kind") == "User"}
+
+
+def _converge(namespace: str, desired: list[Obj]) -> tuple[
+        tuple[str, ...], tuple[str, ...], dict[str, list[str]], dict[str, list[str]]]:
+    """Apply what differs and delete what is no longer desired; 2 LISTs and no write if in sync."""
+    kube = context.kube()
+    live: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind in RBAC_KINDS:
+        for obj in kube.list(rbac.RBAC_API_VERSION, kind, namespace, rbac.SELECTOR):
+            live[(kind, obj["metadata"]["name"])] = obj
+    written: list[str] = []
+    added: dict[str, list[str]] = {}
+    removed: dict[str, list[str]] = {}
+    for obj in desired:
+        key = (obj["kind"], obj["metadata"]["name"])
+        before = live.get(key)
+        if obj["kind"] == "RoleBinding":
+            role = obj["metadata"]["labels"][rbac.LABEL_PLATFORM_ROLE]
+            if plus := sorted(_subjects(obj) - _subjects(before)):
+                added[role] = plus
+            if minus := sorted(_subjects(before) - _subjects(obj)):
+                removed[role] = minus
+        if _differs(before, obj):
+            kube.apply(obj)
+            WRITES.labels(obj["kind"]).inc()
+            written.append(f"{obj['kind']}/{key[1]}")
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    deleted: list[str] = []
+    # Bindings before Roles: access goes away first. Only objects a policy owns are pruned.
+    for (kind, name), obj in sorted(live.items(), key=lambda kv: kv[0][0] != "RoleBinding"):
+        owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+        if (kind, name) in wanted or not any(o.get("kind") == KIND for o in owners):
+            continue
+        if kind == "RoleBinding" and (users := sorted(_subjects(obj))):
+            removed[obj["metadata"]["labels"].get(rbac.LABEL_PLATFORM_ROLE, name)] = users
+        kube.delete(rbac.RBAC_API_VERSION, kind, namespace, name)
+        WRITES.labels(kind).inc()
+        deleted.append(f"{kind}/{name}")
+    return tuple(written), tuple(deleted), added, removed
+
+
+# --- failure path ------------------------------------------------------------------------------
+
+
+def _failed(namespace: str, body: Mapping[str, Any], state: _State, exc: SyncFailed) -> None:
+    """Leave RBAC as it is; say why in status, an event (on change) and the audit log; back off."""
+    state.failures += 1
+    delay = min(state.interval, RETRY_FIRST_SECONDS * 2 ** (state.failures - 1))
+    state.next_due = time.monotonic() + delay
+    transition = state.last_failure != exc.reason
+    state.last_failure = exc.reason
+    old = dict(body.get("status") or {})
+    last = (old.get("ldap") or {}).get("lastSync")
+    message = (f"{exc.message}; Roles and RoleBindings left unchanged "
+               f"(last successful sync: {last or 'never'}); retrying in {delay:.0f}s")
+    # Re-send the fields this owner holds, or server-side apply would remove them.
+    fields = {k: old[k] for k in ("ldap", "roleMembers") if k in old}
+    try:
+        write_status(KIND, body, [Cond(CONDITION, False, exc.reason, message)], fields, owner=OWNER)
+    except KubeError as err:
+        log.warning("cannot write LDAPSynced status of %s: %s", namespace, err)
+    if transition:
+        _event(body, "Warning", "LDAPSyncFailed", message)
+        log.warning("LDAP sync of %s failed: %s", namespace, message)
+    context.audit().record(
+        EventType.LDAP_SYNC_FAILED,
+        resource=_resource(namespace, body),
+        action=Action(type="SYNC", details={"attempt": state.failures, "retryInSeconds": round(delay)}),
+        result=Result(status="FAILURE", reason=f"{exc.reason}: {exc.message}"),
+        context=Context(policy=f"{namespace}/{(body.get('metadata') or {}).get('name')}"),
+    )
+    if namespace not in _SNAPSHOTS:
+        _seed_from_bindings(namespace, body, last)
+
+
+def _seed_from_bindings(namespace: str, body: Mapping[str, Any], last_sync: str | None) -> None:
+    """After a restart during an outage: the live bindings are the last successful sync."""
+    try:
+        bindings = context.kube().list(rbac.RBAC_API_VERSION, "RoleBinding", namespace, rbac.SELECTOR)
+    except KubeError:
+        return
+    members: dict[str, list[str]] = {}
+    for b in bindings:
+        role = (b.get("metadata") or {}).get("labels", {}).get(rbac.LABEL_PLATFORM_ROLE)
+        if role in {r.value for r in PlatformRole}:
+            members[role] = sorted(_subjects(b))
+    synced_at = None
+    if last_sync:
+        with contextlib.suppress(ValueError):
+            synced_at = datetime.fromisoformat(last_sync.replace("Z", "+00:00"))
+    _remember(namespace, str((body.get("metadata") or {}).get("name")), members, synced_at)
+
+
+# --- audit and events --------------------------------------------------------------------------
+
+
+def _resource(namespace: str, body: Mapping[str, Any]) -> Resource:
+    meta = body.get("metadata") or {}
+    return Resource(type=KIND, name=meta.get("name"), namespace=namespace,
+                    version=str(meta.get("generation")))
+
+
+def _audit_synced(namespace: str, policy: MLSecurityPolicy, members: Mapping[str, Sequence[str]],
+                  written: Sequence[str], deleted: Sequence[str], added: Mapping[str, Sequence[str]],
+                  removed: Mapping[str, Sequence[str]], missing: Sequence[str]) -> None:
+    context.audit().record(
+        EventType.RBAC_SYNCED,
+        resource=Resource(type=KIND, name=policy.metadata.name, namespace=namespace,
+                          version=str(policy.metadata.generation)),
+        action=Action(type="SYNC", details={
+            "roleMembers": {role: len(us) for role, us in members.items()},
+            "written": list(written), "deleted": list(deleted),
+            "added": dict(added), "removed": dict(removed), "missingGroups": list(missing),
+        }),
+        result=Result(status="SUCCESS"),
+        context=Context(policy=f"{namespace}/{policy.metadata.name}"),
+    )
+
+
+def _change_text(written: Sequence[str], deleted: Sequence[str], added: Mapping[str, Sequence[str]],
+                 removed: Mapping[str, Sequence[str]]) -> str:
+    parts = [f"+{u} {role}" for role, us in added.items() for u in us]
+    parts += [f"-{u} {role}" for role, us in removed.items() for u in us]
+    text = f"{len(written)} written, {len(deleted)} deleted"
+    return f"{text}: {', '.join(parts)}"[:1000] if parts else text
+
+
+def _event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    # Outside a running operator (benchmark, tests) there is no event poster: skip silently.
+    with contextlib.suppress(LookupError):
+        kopf.event(dict(body), type=type_, reason=reason, message=message)
