@@ -16,6 +16,7 @@ HANDLER_MODULES = (
     "mlsec.handlers.lifecycle",
     "mlsec.handlers.policy",
     "mlsec.handlers.deployment",
+    "mlsec.handlers.rbac",
 )
 
 
