@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -58,8 +59,43 @@ def _crds(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from mlsec.handlers import main as operator_main
+    from mlsec.handlers import settings
 
+    given = {k.removeprefix("vault_"): v for k, v in vars(args).items()
+             if k.startswith("vault_") and v is not None}
+    settings.CONFIG.vault = settings.VaultSettings(**given)
     return operator_main.run(args)
+
+
+def _vault_flags(run: argparse.ArgumentParser) -> None:
+    """How the operator reaches Vault; each flag falls back to an environment variable."""
+    env = os.environ.get
+    g = run.add_argument_group("Vault", "the operator's own connection to Vault or OpenBao")
+    g.add_argument("--vault-addr", default=env("VAULT_ADDR"),
+                   help="the Vault the operator writes to; policies must name it ($VAULT_ADDR)")
+    g.add_argument("--vault-auth", choices=["kubernetes", "token"],
+                   default=env("MLSEC_VAULT_AUTH", "kubernetes"),
+                   help="kubernetes: log in with the operator's ServiceAccount (default); "
+                   "token: a token from --vault-token-file ($MLSEC_VAULT_AUTH)")
+    g.add_argument("--vault-auth-mount", default=env("MLSEC_VAULT_AUTH_MOUNT"),
+                   help="Kubernetes auth mount to log in through (default kubernetes)")
+    g.add_argument("--vault-role", default=env("MLSEC_VAULT_ROLE"),
+                   help="the operator's Vault role (default mlsec-operator)")
+    g.add_argument("--vault-jwt-file", default=env("MLSEC_VAULT_JWT_FILE"),
+                   help="projected ServiceAccount token, audience vault "
+                   "(default /var/run/secrets/vault/token)")
+    g.add_argument("--vault-service-account", default=env("MLSEC_VAULT_SERVICE_ACCOUNT"),
+                   help="namespace/name to request a token for when the JWT file does not exist "
+                   "(local runs; default mlsec-system/mlsec-operator)")
+    g.add_argument("--vault-audience", default=env("MLSEC_VAULT_AUDIENCE"),
+                   help="audience of that token (default vault)")
+    g.add_argument("--vault-token-file", default=env("MLSEC_VAULT_TOKEN_FILE"),
+                   help="file holding a Vault token, for --vault-auth token")
+    g.add_argument("--vault-ca-file", default=env("VAULT_CACERT"),
+                   help="CA bundle to verify Vault's certificate ($VAULT_CACERT)")
+    g.add_argument("--vault-timeout", type=float, default=None, help="seconds per request (5)")
+    g.add_argument("--vault-resync-seconds", type=float, default=None,
+                   help="how often each model's Vault role and policy are compared (300; 0: off)")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -90,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bind-address", default="0.0.0.0",
                      help="address of the metrics, health and webhook servers")
     run.add_argument("--verbose", action="store_true")
+    _vault_flags(run)
     run.set_defaults(func=_run)
 
     audit = sub.add_parser("audit", help="audit log tools")

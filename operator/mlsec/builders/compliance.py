@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlsec.api import MLSecurityPolicy, ModelDeployment, image_digest, normalize_image
+from mlsec.builders.vault import MAX_SECRET_NAME, disallowed_paths
 
 RULE_ALLOWED_REGISTRIES = "images.allowedRegistries"
 RULE_REQUIRE_DIGEST = "images.requireDigest"
+RULE_ALLOWED_SECRET_PATHS = "vault.allowedSecretPaths"
+RULE_VAULT = "vault"
 
 
 @dataclass(frozen=True, order=True)
@@ -48,9 +51,35 @@ def image_violations(md: ModelDeployment, policy: MLSecurityPolicy) -> list[Viol
     return out
 
 
+def vault_violations(md: ModelDeployment, policy: MLSecurityPolicy) -> list[Violation]:
+    """Vault paths (secrets and the tls ``pki/issue/<role>``) outside vault.allowedSecretPaths.
+
+    Without a vault section in the policy no path is allowed. The globs are Vault's: ``+`` is one
+    path segment, a trailing ``*`` any suffix.
+    """
+    vault = policy.spec.vault
+    allowed = ", ".join(vault.allowed_secret_paths) if vault else ""
+    where = f"[{allowed}]" if vault else "[] (the policy has no vault section)"
+    out = [
+        Violation(RULE_ALLOWED_SECRET_PATHS, f"{path} is not in {where}")
+        for path in disallowed_paths(md, policy)
+    ]
+    # The injector's annotation keys (agent-inject-template-<name>) must stay within 63 characters.
+    out += [
+        Violation(
+            RULE_VAULT,
+            f"secret name {s.name} is longer than {MAX_SECRET_NAME} characters "
+            "(the Vault Agent Injector's annotation key would be too long)",
+        )
+        for s in md.spec.secrets
+        if len(s.name) > MAX_SECRET_NAME
+    ]
+    return out
+
+
 def violations(md: ModelDeployment, policy: MLSecurityPolicy) -> list[Violation]:
-    """Every rule of ``policy`` that ``md`` breaks (today: the image rules); empty if compliant."""
-    return image_violations(md, policy)
+    """Every rule of ``policy`` that ``md`` breaks (image and Vault rules); empty if compliant."""
+    return image_violations(md, policy) + vault_violations(md, policy)
 
 
 def violation_messages(md: ModelDeployment, policy: MLSecurityPolicy) -> list[str]:

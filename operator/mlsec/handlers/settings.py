@@ -12,6 +12,33 @@ ANNOTATION_PREFIX = "mlsec.io"
 
 
 @dataclass
+class VaultSettings:
+    addr: str | None = None
+    """The one Vault (or OpenBao) the operator writes to ($VAULT_ADDR). A policy's vault.address
+    must name it: the operator never sends its credentials to an address a namespace chose."""
+    auth: str = "kubernetes"
+    """kubernetes: log in with the operator's ServiceAccount; token: use token_file (explicit only)."""
+    auth_mount: str = "kubernetes"
+    """Kubernetes auth mount the operator logs in through."""
+    role: str = "mlsec-operator"
+    """Vault role of the operator's ServiceAccount."""
+    jwt_file: str = "/var/run/secrets/vault/token"
+    """Projected ServiceAccount token with audience vault (in a cluster; re-read at every login)."""
+    service_account: str = "mlsec-system/mlsec-operator"
+    """namespace/name asked for a token by TokenRequest when jwt_file does not exist (local runs)."""
+    audience: str = "vault"
+    """Audience of the ServiceAccount token (the role's audience)."""
+    token_file: str | None = None
+    """File holding a Vault token (e.g. a mounted Secret), used with auth=token."""
+    ca_file: str | None = None
+    """CA bundle (PEM) to verify Vault's certificate ($VAULT_CACERT); system CAs if unset."""
+    timeout: float = 5.0
+    """Seconds per Vault request."""
+    resync_seconds: float = 300.0
+    """How often each model's Vault role and policy are compared with Vault (0: only on events)."""
+
+
+@dataclass
 class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)
     """Namespaces to watch; empty: the whole cluster."""
@@ -25,6 +52,8 @@ class OperatorConfig:
     """Append the hash-chained audit log to this file as well as stdout."""
     bind_address: str = "0.0.0.0"
     """Address the metrics, health and webhook servers listen on."""
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    """How the operator reaches and logs in to Vault (flags --vault-*)."""
 
 
 CONFIG = OperatorConfig()

@@ -330,8 +330,47 @@ def _start_openbao(env: LocalEnv) -> None:
     ], env.dir / "logs", env={k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))})
 
 
+OPERATOR_NAMESPACE = "mlsec-system"
+OPERATOR_SERVICE_ACCOUNT = "mlsec-operator"
+OPERATOR_VAULT_ROLE = "mlsec-operator"  # also the name of its Vault policy
+
+
+def operator_vault_policy(k8s_mount: str = "kubernetes", transit_mount: str = "transit") -> str:
+    """What the operator itself may do in Vault: manage mlsec-* model policies, roles and keys."""
+    return f"""# mlsec-operator: per-model ACL policies and Kubernetes auth roles (mlsec-<namespace>-<model>).
+path "sys/policies/acl/mlsec-*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+
+path "auth/{k8s_mount}/role/mlsec-*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+
+# Transit keys of pii/phi models: created, never deleted (encrypted data must stay readable).
+path "{transit_mount}/keys/mlsec-*" {{
+  capabilities = ["create", "read", "update"]
+}}
+
+# vault.requireAuditDevice: listing the audit devices needs sudo.
+path "sys/audit" {{
+  capabilities = ["read", "sudo"]
+}}
+
+# Its own policy and role match the globs above: the operator must not widen its own rights.
+path "sys/policies/acl/{OPERATOR_VAULT_ROLE}" {{
+  capabilities = ["deny"]
+}}
+
+path "auth/{k8s_mount}/role/{OPERATOR_VAULT_ROLE}" {{
+  capabilities = ["deny"]
+}}
+"""
+
+
 def _configure_openbao(env: LocalEnv) -> None:
-    """Play the Vault administrator: kubernetes auth against our API server, a file audit device."""
+    """Play the Vault administrator: kubernetes auth against our API server, a file audit device,
+    and the operator's own identity (ServiceAccount mlsec-system/mlsec-operator, its Vault policy
+    and Kubernetes auth role)."""
     import hvac
 
     client = hvac.Client(url=env.vault_addr, token=env.vault_token)
@@ -346,6 +385,18 @@ def _configure_openbao(env: LocalEnv) -> None:
     audit = env.dir / "logs" / "openbao-audit.log"
     if "file/" not in client.sys.list_enabled_audit_devices()["data"]:
         client.sys.enable_audit_device("file", options={"file_path": str(audit)})
+    env.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": OPERATOR_SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}},
+    ]))
+    client.sys.create_or_update_acl_policy(OPERATOR_VAULT_ROLE, operator_vault_policy())
+    client.write_data(f"auth/kubernetes/role/{OPERATOR_VAULT_ROLE}", data={
+        "bound_service_account_names": [OPERATOR_SERVICE_ACCOUNT],
+        "bound_service_account_namespaces": [OPERATOR_NAMESPACE],
+        "audience": VAULT_AUDIENCE, "alias_name_source": "serviceaccount_uid",
+        "token_policies": [OPERATOR_VAULT_ROLE], "token_ttl": "15m", "token_max_ttl": "1h",
+    })
 
 
 def _apply_crds(env: LocalEnv) -> None:
