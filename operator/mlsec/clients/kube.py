@@ -52,6 +52,7 @@ _KNOWN = [
     Resource("mlsec.io/v1alpha1", "MLSecurityPolicy", "mlsecuritypolicies"),
     Resource("mlsec.io/v1alpha1", "ModelDeployment", "modeldeployments"),
     Resource("mlsec.io/v1alpha1", "ModelApproval", "modelapprovals"),
+    Resource("mlsec.io/v1alpha1", "PromotionLedger", "promotionledgers"),
     Resource("openreports.io/v1alpha1", "Report", "reports"),
 ]
 RESOURCES: dict[tuple[str, str], Resource] = {(r.api_version, r.kind): r for r in _KNOWN}

@@ -29,11 +29,13 @@ from mlsec.builders.conditions import Cond
 from mlsec.builders.drift import in_sync, touched_by_others
 from mlsec.builders.naming import MANAGED_BY
 from mlsec.clients.kube import FIELD_MANAGER, resource_of
-from mlsec.handlers import context, policy
+from mlsec.gate import Decision
+from mlsec.handlers import context, policy, promotion
 from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
 
 KIND = "ModelDeployment"
+REQUESTED_BY = "mlsec.io/requested-by"  # stamped at admission from the requester's identity
 PLURAL = "modeldeployments"
 API = f"{GROUP}/{VERSION}"
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def policy_in_force(namespace: str, indexes: dict[str, Any]) -> tuple[MLSecurity
     entry = policy.active_policy(indexes["policies_by_namespace"], namespace)
     if entry is None:
         return None, f"no MLSecurityPolicy in namespace {namespace}: nothing is rolled out (fail closed)"
-    _, name, generation, spec = entry
+    _, name, generation, spec, _uid = entry
     parsed = _parse_policy(namespace, name, generation, json.dumps(spec, sort_keys=True))
     if isinstance(parsed, str):
         return None, f"MLSecurityPolicy {name} is invalid: {parsed}"
@@ -128,6 +130,33 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
     else:
         conds.append(Cond("PolicyCompliant", True, "Compliant", "all policy rules are met"))
 
+    # The promotion gate, third layer: whatever admission let through, production runs only
+    # approved releases; otherwise the previous rollout stays.
+    stage = md.spec.stage.value
+    requester = (body["metadata"].get("annotations") or {}).get(REQUESTED_BY) or \
+        (body.get("status") or {}).get("requestedBy")
+    promotion.refresh(namespace, indexes, only=name)
+    decision = promotion.decide(namespace, name, dict(body["spec"]), requester, pol, indexes)
+    conds.append(promotion.decision_condition(decision, stage))
+    gate_fields = _gate_fields(decision, requester)
+    status = body.get("status") or {}
+    if stage == "production" and not decision.allowed:
+        message = decision.message()
+        if enforce:
+            conds.append(Cond("Ready", False, "PromotionBlocked",
+                              f"production rollout held back, the previous rollout stays: {message}"))
+            if write_status(KIND, body, conds, gate_fields):
+                kopf.warn(body, reason="PromotionBlocked", message=message)
+                promotion.audit_promotion(namespace, name, md.spec.version, False, message, requester, pol)
+            return Outcome(rolled_out=False)
+        conds.append(Cond("PolicyCompliant", False, "PromotionNotApproved",
+                          f"audit mode: in production without approvals: {message}"))
+    elif stage == "production" and (status.get("stage") != "production"
+                                    or status.get("lastAppliedVersion") != md.spec.version
+                                    or status.get("lastAppliedImage") != md.spec.image):
+        promotion.audit_promotion(namespace, name, md.spec.version, True, decision.message(),
+                                  requester, pol)
+
     desired = desired_children(md, pol)
     written = _apply_children(namespace, desired)
     ready_msg = "all children are in place" if not problems else \
@@ -139,11 +168,26 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         "lastAppliedVersion": md.spec.version,
         "lastAppliedImage": md.spec.image,
         "stage": md.spec.stage.value,
+        **gate_fields,
     }
     write_status(KIND, body, conds, fields)
     if written:
         _audit(md, pol, EventType.RECONCILED, "SUCCESS", f"applied {', '.join(written)}")
     return Outcome(rolled_out=True, written=written)
+
+
+def _gate_fields(decision: Decision, requester: str | None) -> dict[str, Any]:
+    approvals = [
+        {k: v for k, v in {"name": v.name, "approver": v.approver or None, "platformRole": v.role,
+                           "decision": v.decision, "counted": v.counted, "reason": v.reason[:253]}.items() if v is not None}
+        for v in decision.verdicts[:32]
+    ]
+    missing = [f"{s.role}: {s.needed - s.have} more" + (f" ({s.why})" if s.why else "")
+               for s in decision.missing[:16]]
+    out: dict[str, Any] = {"approvals": approvals, "missingApprovals": missing}
+    if requester:
+        out["requestedBy"] = requester
+    return out
 
 
 def _apply_children(namespace: str, desired: list[dict[str, Any]]) -> list[str]:
@@ -206,6 +250,7 @@ def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:
 
 
 policy.ON_POLICY_CHANGE.append(_policy_changed)
+promotion.ON_DECISIONS_CHANGED.append(_policy_changed)
 
 
 def _owner_name(body: kopf.Body) -> str | None:

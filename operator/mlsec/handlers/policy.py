@@ -27,14 +27,16 @@ log = logging.getLogger(__name__)
 # Callbacks receive the namespace and the handler kwargs (which carry kopf's indexes).
 ON_POLICY_CHANGE: list[Callable[[str, dict[str, Any]], None]] = []
 
-PolicyEntry = tuple[str, str, int, dict[str, Any]]  # (creationTimestamp, name, generation, spec)
+# (creationTimestamp, name, generation, spec, uid)
+PolicyEntry = tuple[str, str, int, dict[str, Any], str]
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def policies_by_namespace(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec,
                           **_: Any) -> dict[str, PolicyEntry]:
     """namespace → every policy there, so a reconcile finds the one in force without API calls."""
-    entry = (str(meta.get("creationTimestamp", "")), name, int(meta.get("generation") or 0), dict(spec))
+    entry = (str(meta.get("creationTimestamp", "")), name, int(meta.get("generation") or 0), dict(spec),
+             str(meta.get("uid", "")))
     return {namespace: entry}
 
 
