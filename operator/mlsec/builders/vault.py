@@ -173,12 +173,13 @@ def role_differences(desired: Mapping[str, Any], live: Mapping[str, Any] | None)
 
 
 def owned_by(live_role: Mapping[str, Any], md: ModelDeployment) -> bool:
-    """Whether a role read from Vault is this model's (bound to exactly its SA and namespace)."""
-    want = role_definition(md)
-    return all(
-        _normal(live_role.get(k)) == _normal(want[k])
-        for k in ("bound_service_account_names", "bound_service_account_namespaces")
-    )
+    """Whether a role read from Vault is this model's, not a same-named one of another namespace.
+
+    Names can only collide across namespaces, and the other model's role is bound to its own
+    namespace. A role bound to ours (or widened to ``*`` by hand) is ours, to repair.
+    """
+    bound = [str(n) for n in live_role.get("bound_service_account_namespaces") or []]
+    return namespace_of(md) in bound or "*" in bound
 
 
 # --- vault.allowedSecretPaths -----------------------------------------------------------------

@@ -17,6 +17,7 @@ HANDLER_MODULES = (
     "mlsec.handlers.policy",
     "mlsec.handlers.deployment",
     "mlsec.handlers.rbac",
+    "mlsec.handlers.vault",
 )
 
 

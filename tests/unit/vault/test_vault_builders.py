@@ -108,7 +108,10 @@ def test_owned_by() -> None:
     md = make_md()
     assert v.owned_by(LIVE_ROLE, md)
     assert not v.owned_by({**LIVE_ROLE, "bound_service_account_namespaces": ["radiology"]}, md)
-    assert not v.owned_by({**LIVE_ROLE, "bound_service_account_names": ["other"]}, md)
+    # drift inside our namespace is ours to repair
+    assert v.owned_by({**LIVE_ROLE, "bound_service_account_names": ["*"]}, md)
+    assert v.owned_by({**LIVE_ROLE, "bound_service_account_namespaces": ["*"]}, md)
+    assert v.owned_by({**LIVE_ROLE, "bound_service_account_namespaces": ["x", "radiology-ml"]}, md)
     # namespace a-b + model c and namespace a + model b-c share a name; the binding tells them apart
     x, y = make_md(name="c", namespace="a-b"), make_md(name="b-c", namespace="a")
     assert v.vault_name(x) == v.vault_name(y)
