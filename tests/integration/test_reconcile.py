@@ -156,9 +156,13 @@ def test_bad_image_is_rolled_out_and_reported_in_audit_mode(operator: OperatorPr
         return bool(live and live["spec"]["template"]["spec"]["containers"][0]["image"] == tag)
 
     wait_until(rolled_out, timeout=15, what="the tagged image rolled out in audit mode")
-    obj = kube.get(r.API, "ModelDeployment", namespace, "mri-classifier")
-    assert r.has_condition(obj, "PolicyCompliant", "False", "PolicyViolation")
-    assert "images.requireDigest" in r.condition(obj, "PolicyCompliant")["message"]  # type: ignore[index]
+
+    def reported() -> dict[str, Any] | None:
+        obj = kube.get(r.API, "ModelDeployment", namespace, "mri-classifier")
+        return obj if r.has_condition(obj, "PolicyCompliant", "False", "PolicyViolation") else None
+
+    obj = wait_until(reported, timeout=10, what="PolicyCompliant=False in audit mode")
+    assert "images.requireDigest" in r.condition(obj, "PolicyCompliant")["message"]  # type: ignore[arg-type,index]
 
 
 def test_no_policy_fails_closed_then_reconciles(operator: OperatorProcess, kube: Kube,

@@ -28,7 +28,7 @@ from mlsec.builders.children import CHILD_KINDS, child_names, desired_children
 from mlsec.builders.conditions import Cond
 from mlsec.builders.drift import in_sync, touched_by_others
 from mlsec.builders.naming import MANAGED_BY
-from mlsec.clients.kube import FIELD_MANAGER, resource_of
+from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
 from mlsec.gate import Decision
 from mlsec.handlers import context, policy, promotion
 from mlsec.handlers.metrics import WRITES, observe
@@ -177,11 +177,11 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
 
 
 def _gate_fields(decision: Decision, requester: str | None) -> dict[str, Any]:
-    approvals = [
-        {k: v for k, v in {"name": v.name, "approver": v.approver or None, "platformRole": v.role,
-                           "decision": v.decision, "counted": v.counted, "reason": v.reason[:253]}.items() if v is not None}
-        for v in decision.verdicts[:32]
-    ]
+    approvals = []
+    for v in decision.verdicts[:32]:
+        entry = {"name": v.name, "approver": v.approver or None, "platformRole": v.role,
+                 "decision": v.decision, "counted": v.counted, "reason": v.reason[:253]}
+        approvals.append({k: x for k, x in entry.items() if x is not None})
     missing = [f"{s.role}: {s.needed - s.have} more" + (f" ({s.why})" if s.why else "")
                for s in decision.missing[:16]]
     out: dict[str, Any] = {"approvals": approvals, "missingApprovals": missing}
@@ -269,6 +269,10 @@ def _child_event(type: str | None, body: kopf.Body, namespace: str, **kwargs: An
         return
     try:
         reconcile(namespace, owner, kwargs)
+    except KubeError as exc:
+        if exc.status == 403 and "being terminated" in exc.message:
+            return  # the namespace is going away: nothing to repair
+        log.exception("repairing %s of %s/%s failed", body.get("kind"), namespace, owner)
     except Exception:  # logged; the next event or resume retries
         log.exception("repairing %s of %s/%s failed", body.get("kind"), namespace, owner)
 

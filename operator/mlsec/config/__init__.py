@@ -1,0 +1,1 @@
+"""Install-time configuration generated from code: the operator's own RBAC (kubebuilder's config/)."""
