@@ -8,7 +8,10 @@ TokenRequest gives us the token it would mount.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -23,6 +26,7 @@ from mlsec.handlers import vault as vault_step
 from mlsec.local import env as local
 
 from . import resources
+from .conftest import OperatorProcess, wait_until
 
 GROUP, VERSION = "mlsec.io", "v1alpha1"
 KV = "secret/data/ml-models/mri-classifier"
@@ -64,8 +68,13 @@ def typed(localenv: local.LocalEnv, namespace: str, name: str = "mri-classifier"
 
 
 def create_sa(admin_client: kubernetes.client.ApiClient, namespace: str, name: str) -> None:
-    kubernetes.client.CoreV1Api(admin_client).create_namespaced_service_account(
-        namespace, {"metadata": {"name": name}})
+    """The ServiceAccount (the operator's reconcile may have created it already)."""
+    try:
+        kubernetes.client.CoreV1Api(admin_client).create_namespaced_service_account(
+            namespace, {"metadata": {"name": name}})
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:
+            raise
 
 
 def sa_token(admin_client: kubernetes.client.ApiClient, namespace: str, name: str,
@@ -304,3 +313,208 @@ def test_outage_is_reported_without_secrets_and_state_is_rewritten_after_restart
     assert vault_objects(root, name)[0] == build.policy_hcl(md)
     secrets = [localenv.vault_token, *operator_vault._login.secrets()]
     assert secrets_in(repr(outcome) + outcome.message, secrets) == []
+
+
+# --- through the operator: finalizer, outage during deletion, resync ---------------------------
+
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+VAULT_TOKEN = re.compile(r"\b(hv[sbr]|[sbr])\.[A-Za-z0-9_-]{20,}")
+FINALIZER = "mlsec.io/finalizer"
+
+
+def reconcile_calls_vault() -> bool:
+    """Whether the ModelDeployment reconcile runs the Vault step yet (the lead's module)."""
+    from mlsec.handlers import deployment
+
+    return "vault_step.ensure" in Path(deployment.__file__).read_text()
+
+
+@pytest.fixture(scope="module")
+def vault_operator(localenv: local.LocalEnv, crds_installed: None,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """`mlsec run` as deployed: kubernetes auth with its own ServiceAccount, a fast resync."""
+    op = OperatorProcess(localenv, tmp_path_factory.mktemp("vault-operator"),
+                         "--vault-resync-seconds", "3").start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+class Models:
+    """ModelDeployments and policies of one test namespace, as a user writes them."""
+
+    def __init__(self, localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient,
+                 namespace: str) -> None:
+        self.localenv, self.namespace = localenv, namespace
+        self.api = kubernetes.client.CustomObjectsApi(admin_client)
+        self.core = kubernetes.client.CoreV1Api(admin_client)
+
+    def create_policy(self, **vault: Any) -> None:
+        self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "mlsecuritypolicies",
+                                                 policy_body(self.localenv, self.namespace, **vault))
+
+    def create(self, name: str = "mri-classifier", **spec: Any) -> None:
+        self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "modeldeployments",
+                                                 resources.model(self.namespace, name, vault=True, **spec))
+
+    def get(self, name: str = "mri-classifier") -> dict[str, Any] | None:
+        try:
+            return dict(self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                              "modeldeployments", name))
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete(self, name: str = "mri-classifier") -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, "modeldeployments", name)
+
+    def events(self) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_event(self.namespace).items
+        return [{"reason": e.reason, "message": e.message, "object": e.involved_object.name}
+                for e in items]
+
+    def typed(self, name: str = "mri-classifier") -> tuple[ModelDeployment, MLSecurityPolicy]:
+        body = self.get(name)
+        assert body is not None
+        pol = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                    "mlsecuritypolicies", "default")
+        return ModelDeployment.model_validate(body), MLSecurityPolicy.model_validate(pol)
+
+
+@pytest.fixture
+def models(localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient,
+           namespace: str) -> Iterator[Models]:
+    m = Models(localenv, admin_client, namespace)
+    yield m
+    # Never leave an object whose finalizer no operator will handle (it would hold the namespace).
+    for item in m.api.list_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments")["items"]:
+        if item["metadata"].get("finalizers"):
+            m.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments",
+                                                 item["metadata"]["name"], {"metadata": {"finalizers": None}})
+
+
+def bound_in_vault(models: Models, operator_vault: Vault, name: str = "mri-classifier") -> str:
+    """Role and policy of the model in Vault: written by the operator's reconcile once that runs
+    the Vault step, else by ensure() here (the deletion path under test is the operator's)."""
+    md, pol = models.typed(name)
+    vname = build.vault_name(md)
+    if reconcile_calls_vault():
+        root = hvac.Client(url=models.localenv.vault_addr, token=models.localenv.vault_token)
+        wait_until(lambda: all(vault_objects(root, vname)), timeout=30, what=f"{vname} in Vault")
+    else:
+        assert vault_step.ensure(md, pol, operator_vault).ok
+    return vname
+
+
+def test_deleting_a_model_removes_its_role_and_policy(
+        vault_operator: OperatorProcess, models: Models, root: hvac.Client, operator_vault: Vault) -> None:
+    models.create_policy()
+    models.create()
+    wait_until(lambda: FINALIZER in ((models.get() or {}).get("metadata", {}).get("finalizers") or []),
+               what="the operator's finalizer on a model using Vault")
+    name = bound_in_vault(models, operator_vault)
+
+    models.delete()
+    wait_until(lambda: models.get() is None, timeout=30, what="the model to be gone")
+    assert vault_objects(root, name) == (None, None)
+    assert "VAULT_ROLE_REMOVED" in vault_operator.audit_file.read_text()
+    wait_until(lambda: any(e["reason"] == "VaultCleanedUp" and name in e["message"]
+                           for e in models.events()), what="a VaultCleanedUp event")
+
+
+def test_model_without_vault_gets_no_finalizer(vault_operator: OperatorProcess, models: Models) -> None:
+    models.create_policy()
+    models.api.create_namespaced_custom_object(GROUP, VERSION, models.namespace, "modeldeployments",
+                                               resources.model(models.namespace, "plain"))
+    models.create("with-vault")
+    wait_until(lambda: FINALIZER in ((models.get("with-vault") or {})["metadata"].get("finalizers") or []),
+               what="finalizer on the model using Vault")
+    assert FINALIZER not in ((models.get("plain") or {})["metadata"].get("finalizers") or [])
+
+
+def test_deletion_waits_for_openbao_and_completes_when_it_is_back(
+        vault_operator: OperatorProcess, models: Models, localenv: local.LocalEnv,
+        operator_vault: Vault) -> None:
+    models.create_policy()
+    models.create()
+    wait_until(lambda: FINALIZER in ((models.get() or {}).get("metadata", {}).get("finalizers") or []),
+               what="finalizer")
+    name = bound_in_vault(models, operator_vault)
+
+    with openbao_stopped(localenv):
+        models.delete()
+
+        def pending() -> dict[str, Any] | None:
+            obj = models.get()
+            cond = resources.condition(obj, "VaultReady")
+            return cond if cond and cond["reason"] == "VaultCleanupPending" else None
+
+        cond = wait_until(pending, timeout=30, what="VaultReady=False VaultCleanupPending")
+        assert isinstance(cond, dict) and cond["status"] == "False"
+        assert name in cond["message"] and "stays" in cond["message"]
+        assert localenv.vault_addr in cond["message"]
+        wait_until(lambda: any(e["reason"] == "VaultCleanupPending" and name in e["message"]
+                               for e in models.events()), what="a VaultCleanupPending event")
+        obj = models.get()
+        assert obj is not None and obj["metadata"].get("deletionTimestamp")  # still there
+
+    # OpenBao (dev mode) came back empty. Put role and policy back as a persistent Vault would have
+    # kept them: the operator's next attempt must remove them and let the object go.
+    md, pol = models.typed() if models.get() else (None, None)
+    if md is not None and pol is not None:
+        assert vault_step.ensure(md, pol, operator_vault).ok  # it logs in again by itself
+    wait_until(lambda: models.get() is None, timeout=90, what="the model to be gone after OpenBao is back")
+    root = hvac.Client(url=localenv.vault_addr, token=localenv.vault_token)
+    assert vault_objects(root, name) == (None, None)
+
+
+def test_resync_rewrites_role_and_policy_after_openbao_lost_them(
+        vault_operator: OperatorProcess, models: Models, localenv: local.LocalEnv,
+        operator_vault: Vault) -> None:
+    models.create_policy()
+    models.create()
+    name = bound_in_vault(models, operator_vault)
+    with openbao_stopped(localenv):
+        pass
+    root = hvac.Client(url=localenv.vault_addr, token=localenv.vault_token)
+    assert vault_objects(root, name) == (None, None)  # dev mode: empty after the restart
+    wait_until(lambda: all(vault_objects(root, name)), timeout=30,
+               what="the operator to rewrite role and policy")
+    md, _ = models.typed()
+    assert vault_objects(root, name)[0] == build.policy_hcl(md)
+    wait_until(lambda: any(e["reason"] == "VaultDriftRepaired" for e in models.events()),
+               what="a VaultDriftRepaired event")
+
+
+def test_no_token_or_secret_value_in_logs_events_status_or_audit(
+        vault_operator: OperatorProcess, models: Models, localenv: local.LocalEnv,
+        admin_client: kubernetes.client.ApiClient, root: hvac.Client, operator_vault: Vault) -> None:
+    secret_value = f"s3cr3t-{models.namespace}"
+    root.secrets.kv.v2.create_or_update_secret("ml-models/mri-classifier", secret={"api_key": secret_value})
+    models.create_policy()
+    models.create()
+    bound_in_vault(models, operator_vault)
+    create_sa(admin_client, models.namespace, "mri-classifier")
+    model_jwt = sa_token(admin_client, models.namespace, "mri-classifier")
+    model = login(localenv.vault_addr, build.vault_name(models.typed()[0]), model_jwt)
+    with openbao_stopped(localenv):
+        models.delete()
+        wait_until(lambda: resources.condition(models.get(), "VaultReady"), timeout=30,
+                   what="the cleanup to report the outage")
+        status = json.dumps((models.get() or {}).get("status"))
+    wait_until(lambda: models.get() is None, timeout=90, what="cleanup after OpenBao is back")
+
+    texts = {
+        "operator log": vault_operator.log(),
+        "audit log": vault_operator.audit_file.read_text(),
+        "events": json.dumps(models.events()),
+        "status": status,
+    }
+    known = [localenv.vault_token, model_jwt, str(model.token), secret_value,
+             *operator_vault._login.secrets()]
+    for where, text in texts.items():
+        assert secrets_in(text, known) == [], where
+        assert not JWT.search(text), f"a JWT in the {where}"
+        assert not VAULT_TOKEN.search(text), f"a Vault token in the {where}"

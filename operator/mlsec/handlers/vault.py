@@ -277,7 +277,7 @@ def _release(body: kopf.Body, retry: int, *, deleting: bool) -> None:
         raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from None
     if removed:
         _audit(EventType.VAULT_ROLE_REMOVED, md, None, None, "DELETE", removed)
-        kopf.info(body, reason="VaultCleanedUp", message=f"removed {', '.join(removed)}")
+        kopf.event(body, type="Normal", reason="VaultCleanedUp", message=f"removed {', '.join(removed)}")
 
 
 def _uses_vault(body: kopf.Body, **_: Any) -> bool:
@@ -342,10 +342,11 @@ def resync(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
         return
     outcome = ensure(md, pol)
     if outcome.written:
-        kopf.info(body, reason="VaultDriftRepaired", message=f"rewrote {', '.join(outcome.written)}")
-    shown = condition(body.get("status"), CONDITION) or {}
-    if shown.get("status") != ("True" if outcome.ok else "False") or \
-            (not outcome.ok and shown.get("reason") != outcome.reason):
+        kopf.event(body, type="Normal", reason="VaultDriftRepaired",
+                   message=f"rewrote {', '.join(outcome.written)}")
+    shown = condition(body.get("status"), CONDITION)
+    if shown and (shown.get("status") != ("True" if outcome.ok else "False")
+                  or (not outcome.ok and shown.get("reason") != outcome.reason)):
         # The condition is the reconcile's: ask it to run again and report.
         from mlsec.handlers import deployment  # import here: deployment imports this module
 
