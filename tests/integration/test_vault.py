@@ -518,3 +518,55 @@ def test_no_token_or_secret_value_in_logs_events_status_or_audit(
         assert secrets_in(text, known) == [], where
         assert not JWT.search(text), f"a JWT in the {where}"
         assert not VAULT_TOKEN.search(text), f"a Vault token in the {where}"
+
+
+# --- the injector's templates, rendered by a real agent with the model's own token ------------
+
+
+def test_injector_templates_render_with_the_models_token(
+        localenv: local.LocalEnv, namespace: str, root: hvac.Client, operator_vault: Vault,
+        admin_client: kubernetes.client.ApiClient, tmp_path: Path) -> None:
+    """What the Vault Agent Injector runs in the pod (kv and PKI; no database engine here):
+    ``bao agent`` with the annotations' auth path, role and templates, exit after one render."""
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    md, pol = typed(localenv, namespace, secrets=[{"name": "hyperparams", "path": KV}])
+    assert vault_step.ensure(md, pol, operator_vault).ok
+    root.secrets.kv.v2.create_or_update_secret("ml-models/mri-classifier", secret=SECRET_VALUES)
+    if "pki/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("pki", path="pki", config={"max_lease_ttl": "8760h"})
+        root.write_data("pki/root/generate/internal", data={"common_name": "Hospital ML CA", "ttl": "8760h"})
+    root.write_data("pki/roles/ml-serving-cert", data={"allowed_domains": "hospital.com",
+                                                       "allow_subdomains": True, "max_ttl": "72h"})
+    create_sa(admin_client, namespace, "mri-classifier")
+    (tmp_path / "jwt").write_text(sa_token(admin_client, namespace, "mri-classifier"))
+
+    a = build.vault_annotations(md, pol)
+    inj = "vault.hashicorp.com/"
+    templates = ""
+    for key, text in a.items():
+        if key.startswith(inj + "agent-inject-template-"):
+            file = key.removeprefix(inj + "agent-inject-template-")
+            (tmp_path / f"{file}.ctmpl").write_text(text)
+            templates += (f'template {{\n  source = "{tmp_path}/{file}.ctmpl"\n'
+                          f'  destination = "{tmp_path}/secrets/{file}"\n}}\n')
+    (tmp_path / "agent.hcl").write_text(
+        f'vault {{\n  address = "{a[inj + "service"]}"\n}}\nexit_after_auth = true\n'
+        f'auto_auth {{\n  method "kubernetes" {{\n    mount_path = "{a[inj + "auth-path"]}"\n'
+        f'    config = {{\n      role = "{a[inj + "role"]}"\n      token_path = "{tmp_path}/jwt"\n'
+        "    }\n  }\n}\n" + templates)
+    proc = subprocess.run([localenv.bins["bao"], "agent", "-config", str(tmp_path / "agent.hcl")],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    out = tmp_path / "secrets"
+    assert (out / "hyperparams").read_text() == "dropout_rate=0.5\nlearning_rate=0.001\n"
+    chain = x509.load_pem_x509_certificates((out / "tls.crt").read_bytes())
+    key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
+    assert chain[0].subject.rfc4514_string() == "CN=model-server.hospital.com"
+    assert chain[1].subject.rfc4514_string() == "CN=Hospital ML CA"
+    # one issue for both files: the key belongs to the certificate
+    assert chain[0].public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]

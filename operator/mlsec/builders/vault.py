@@ -225,9 +225,11 @@ def _template(path: str, kind: SecretKind) -> str:
 
 
 def _pki_template(tls: TLSSpec, fields: str) -> str:
-    # Both files make the same pkiCert call: consul-template dedupes it, so cert and key match.
+    # ``secret`` (a write with parameters), not ``pkiCert``: identical ``secret`` calls are one
+    # dependency shared by both templates, so cert and key come from the same issue. pkiCert's
+    # dependency is per destination file: two templates would get two different certificates.
     return (
-        f'{{{{ with pkiCert "{pki_issue_path(tls)}" "common_name={tls.common_name}" }}}}'
+        f'{{{{ with secret "{pki_issue_path(tls)}" "common_name={tls.common_name}" }}}}'
         f"{fields}{{{{ end }}}}"
     )
 
@@ -264,9 +266,10 @@ def vault_annotations(md: ModelDeployment, policy: MLSecurityPolicy) -> dict[str
     tls = md.spec.tls
     if tls is not None:
         a[f"agent-inject-secret-{TLS_CERT_FILE}"] = pki_issue_path(tls)
-        a[f"agent-inject-template-{TLS_CERT_FILE}"] = _pki_template(tls, "{{ .Cert }}\n{{ .CA }}\n")
+        a[f"agent-inject-template-{TLS_CERT_FILE}"] = _pki_template(
+            tls, "{{ .Data.certificate }}\n{{ .Data.issuing_ca }}\n")
         a[f"agent-inject-secret-{TLS_KEY_FILE}"] = pki_issue_path(tls)
-        a[f"agent-inject-template-{TLS_KEY_FILE}"] = _pki_template(tls, "{{ .Key }}\n")
+        a[f"agent-inject-template-{TLS_KEY_FILE}"] = _pki_template(tls, "{{ .Data.private_key }}\n")
         a[f"agent-inject-perms-{TLS_KEY_FILE}"] = "0400"
     # Static secrets are rendered once by the init container and need no sidecar. Database
     # leases die with the init agent's token (15 minutes) and certificates expire: those need the

@@ -177,7 +177,7 @@ DB_TEMPLATE = (
     '{{ with secret "database/creds/mri-preprocessing-role" }}'
     "username={{ .Data.username }}\npassword={{ .Data.password }}\n{{ end }}"
 )
-PKI_CALL = '{{ with pkiCert "pki/issue/ml-serving-cert" "common_name=model-server.hospital.com" }}'
+PKI_CALL = '{{ with secret "pki/issue/ml-serving-cert" "common_name=model-server.hospital.com" }}'
 
 
 def test_annotations_of_the_sample_are_exact() -> None:
@@ -191,8 +191,9 @@ def test_annotations_of_the_sample_are_exact() -> None:
         INJ + "agent-inject-secret-tls.key": PKI,
         INJ + "agent-inject-template-db": DB_TEMPLATE,
         INJ + "agent-inject-template-hyperparams": KV_TEMPLATE,
-        INJ + "agent-inject-template-tls.crt": PKI_CALL + "{{ .Cert }}\n{{ .CA }}\n{{ end }}",
-        INJ + "agent-inject-template-tls.key": PKI_CALL + "{{ .Key }}\n{{ end }}",
+        INJ + "agent-inject-template-tls.crt":
+            PKI_CALL + "{{ .Data.certificate }}\n{{ .Data.issuing_ca }}\n{{ end }}",
+        INJ + "agent-inject-template-tls.key": PKI_CALL + "{{ .Data.private_key }}\n{{ end }}",
         INJ + "agent-run-as-group": "65532",
         INJ + "agent-run-as-user": "65532",
         INJ + "auth-path": "auth/kubernetes",
