@@ -30,7 +30,8 @@ SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT}"
 
 READ = ("get", "list", "watch")
 _MD, _MA, _POL = "modeldeployments", "modelapprovals", "mlsecuritypolicies"
-_ALL_MLSEC = (_MD, f"{_MD}/status", _MA, f"{_MA}/status", _POL, f"{_POL}/status")
+_ALL_MLSEC = (_MD, _MA, _POL)
+_ALL_STATUS = tuple(f"{r}/status" for r in _ALL_MLSEC)
 
 
 def _rule(group: str, resources: Sequence[str], verbs: Sequence[str]) -> Obj:
@@ -41,12 +42,15 @@ _AUTHOR = [
     _rule(GROUP, [_MD], (*READ, "create", "update", "patch")),
     _rule(GROUP, [f"{_MD}/status"], ("get",)),
 ]
+# list/watch mean nothing on a subresource (and the operator, which must hold every permission it
+# grants, has only get there): status subresources are get-only.
+_READ_ALL = [_rule(GROUP, _ALL_MLSEC, READ), _rule(GROUP, _ALL_STATUS, ("get",))]
 _REVIEWER = [
-    _rule(GROUP, _ALL_MLSEC, READ),
+    *_READ_ALL,
     _rule(GROUP, [_MA], ("create",)),  # approvals are immutable: no update/patch
 ]
 _AUDITOR = [
-    _rule(GROUP, _ALL_MLSEC, READ),
+    *_READ_ALL,
     _rule("", ["events"], READ),
     _rule("events.k8s.io", ["events"], READ),
     # Who holds which platform role is what an auditor checks first.

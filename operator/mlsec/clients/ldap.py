@@ -451,9 +451,9 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 def _detail(exc: BaseException) -> str:
     """The useful part of an ldap3 message (which nests tuples of messages for socket errors)."""
     text = str(exc)
-    tls = re.search(r"\[SSL[^\]]*\][^'\"(]*", text)
+    tls = re.search(r"\[SSL[^\]]*\].*?(?=\s\(_ssl|\"|$)", text)
     if tls:
-        return tls.group(0).strip()
+        return tls.group(0).replace("\\", "").strip()
     return re.sub(r"^[\s(\"',]+|[\s)\"',]+$", "", text)
 
 

@@ -1,11 +1,12 @@
 """LDAP → RBAC: platform-role Roles and RoleBindings of a namespace, synced from LDAP groups.
 
 When: on create/update/resume of the namespace's active MLSecurityPolicy, and then every
-``spec.ldap.syncInterval``. The schedule is an async kopf timer ticking every TICK_SECONDS that
-only checks, in memory, whether a sync is due; a due sync runs in a worker thread. A timer rather
-than a per-policy daemon because kopf runs a sync daemon in the handler thread pool for its whole
-life (8 workers here), so a few namespaces would starve every other handler; a tick that usually
-does nothing costs nothing and still lets the interval come from the spec and failures back off.
+``spec.ldap.syncInterval``, scheduled by one async kopf daemon per policy that sleeps until the
+next sync is due (re-checking at least every TICK_SECONDS) and runs it in a worker thread. An
+*async* daemon because a sync one would hold a handler thread (8 here) for the policy's whole
+life; a daemon rather than a timer because kopf's timer interval is fixed while ours comes from
+the spec and from the failure backoff, and a short-tick timer logs a line per tick. Like a timer,
+a daemon makes kopf put its finalizer on the policy (removed by kopf when the policy is deleted).
 
 Fail-safe: if anything cannot be read (LDAP down, bad credentials, a search failing part-way,
 Secret missing), no Role or RoleBinding is touched. LDAPSynced turns False with the reason and
@@ -23,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -159,20 +161,27 @@ def _is_active(index: kopf.Index[str, tuple[str, str]], namespace: str, name: st
 @kopf.on.update(GROUP, VERSION, PLURAL, id="ldap-rbac")
 def ldap_policy_changed(body: kopf.Body, namespace: str, name: str,
                         policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
-    """A new or changed policy (or an annotation touched to ask for it): sync now."""
+    """A new or changed policy syncs at once; so does any label or annotation change, e.g.
+    ``kubectl annotate mlpol default ldap.mlsec.io/sync-requested="$(date +%s)" --overwrite``
+    (annotations under mlsec.io/ are kopf's bookkeeping and trigger nothing)."""
     if _is_active(policies_by_namespace, namespace, name):
         sync_namespace(namespace, body)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, id="ldap-rbac-timer")
-async def ldap_sync_timer(body: kopf.Body, namespace: str, name: str, uid: str,
-                          policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
-    if not _is_active(policies_by_namespace, namespace, name):
-        return
-    state = _state(namespace, uid)
-    if time.monotonic() < state.next_due or state.lock.locked():
-        return
-    await asyncio.to_thread(sync_namespace, namespace, body, wait=False)
+# initial_delay: the create/resume handler makes the first sync; the daemon keeps it fresh.
+@kopf.daemon(GROUP, VERSION, PLURAL, id="ldap-rbac-schedule", initial_delay=TICK_SECONDS,
+             cancellation_timeout=10)
+async def ldap_sync_schedule(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str,
+                             uid: str, policies_by_namespace: kopf.Index[str, tuple[str, str]],
+                             **_: Any) -> None:
+    while not stopped:
+        state = _state(namespace, uid)
+        if (_is_active(policies_by_namespace, namespace, name)
+                and time.monotonic() >= state.next_due and not state.lock.locked()):
+            # body is kopf's live view of the policy: hand the thread a stable copy.
+            snapshot = copy.deepcopy(dict(body))
+            await asyncio.to_thread(sync_namespace, namespace, snapshot, wait=False)
+        await stopped.wait(min(max(state.next_due - time.monotonic(), 0.5), TICK_SECONDS))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="ldap-rbac", optional=True)
@@ -313,9 +322,12 @@ def _secret_value(namespace: str, ref: SecretKeyRef, field_name: str) -> str:
 # --- converge live objects to desired ---------------------------------------------------------
 
 
-def _security_content(obj: Mapping[str, Any]) -> Any:
-    """What grants access; compared too, so that a hand-edited binding is put back (drift)."""
-    if obj.get("kind") == "Role":
+def _security_content(obj: Mapping[str, Any], kind: str) -> Any:
+    """What grants access; compared too, so that a hand-edited binding is put back (drift).
+
+    ``kind`` is passed in: the items of a LIST carry no kind of their own.
+    """
+    if kind == "Role":
         return obj.get("rules") or []
     return (obj.get("roleRef"), obj.get("subjects") or [])
 
@@ -325,7 +337,8 @@ def _differs(live: Mapping[str, Any] | None, desired: Obj) -> bool:
         return True
     live_hash = ((live.get("metadata") or {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION)
     want_hash = desired["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
-    return bool(live_hash != want_hash) or _security_content(live) != _security_content(desired)
+    kind = desired["kind"]
+    return bool(live_hash != want_hash) or _security_content(live, kind) != _security_content(desired, kind)
 
 
 def _subjects(obj: Mapping[str, Any] | None) -> set[str]:
@@ -353,7 +366,10 @@ def _converge(namespace: str, desired: list[Obj]) -> tuple[
             if minus := sorted(_subjects(before) - _subjects(obj)):
                 removed[role] = minus
         if _differs(before, obj):
-            kube.apply(obj)
+            try:
+                kube.apply(obj)
+            except KubeError as err:  # e.g. 403: the operator lacks a permission it would grant
+                raise SyncFailed("ApplyFailed", f"cannot write {obj['kind']}/{key[1]}: {err}") from None
             WRITES.labels(obj["kind"]).inc()
             written.append(f"{obj['kind']}/{key[1]}")
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}

@@ -20,6 +20,7 @@ from mlsec.builders.rbac import (
     role_name,
     roles_by_user,
 )
+from mlsec.config.rbac import rules as operator_rules
 
 SAMPLE = Path(__file__).resolve().parents[3] / "manifests" / "samples" / "policy-hospital.yaml"
 UID = "0c7a7f0e-3d2b-4b8e-9f59-1d2a3b4c5d6e"
@@ -171,3 +172,14 @@ def test_owner_needs_a_uid() -> None:
     p.metadata.uid = None
     with pytest.raises(ValueError, match="uid"):
         role(p, PlatformRole.AUDITOR)
+
+
+@pytest.mark.parametrize("platform_role", list(PlatformRole))
+def test_operator_holds_every_permission_it_grants(platform_role: PlatformRole) -> None:
+    # The API server refuses a Role granting what its writer does not hold (escalation check).
+    held = operator_rules()
+    for rule in RULES[platform_role]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert rules_allow(held, group, resource, verb), (group, resource, verb)
