@@ -565,8 +565,8 @@ def test_injector_templates_render_with_the_models_token(
     out = tmp_path / "secrets"
     assert (out / "hyperparams").read_text() == "dropout_rate=0.5\nlearning_rate=0.001\n"
     chain = x509.load_pem_x509_certificates((out / "tls.crt").read_bytes())
-    key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
+    private = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
     assert chain[0].subject.rfc4514_string() == "CN=model-server.hospital.com"
     assert chain[1].subject.rfc4514_string() == "CN=Hospital ML CA"
     # one issue for both files: the key belongs to the certificate
-    assert chain[0].public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert chain[0].public_key() == private.public_key()
