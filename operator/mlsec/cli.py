@@ -73,6 +73,10 @@ def _vault_flags(run: argparse.ArgumentParser) -> None:
     g = run.add_argument_group("Vault", "the operator's own connection to Vault or OpenBao")
     g.add_argument("--vault-addr", default=env("VAULT_ADDR"),
                    help="the Vault the operator writes to; policies must name it ($VAULT_ADDR)")
+    g.add_argument("--vault-addr-alias", dest="vault_addr_aliases", action="append",
+                   default=[a for a in env("MLSEC_VAULT_ADDR_ALIASES", "").split(",") if a],
+                   help="another address of the same Vault that policies may name (repeatable; "
+                   "$MLSEC_VAULT_ADDR_ALIASES, comma-separated)")
     g.add_argument("--vault-auth", choices=["kubernetes", "token"],
                    default=env("MLSEC_VAULT_AUTH", "kubernetes"),
                    help="kubernetes: log in with the operator's ServiceAccount (default); "

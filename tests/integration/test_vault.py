@@ -240,21 +240,28 @@ def test_path_outside_allowed_secret_paths_is_refused_and_nothing_written(
     assert vault_objects(root, build.vault_name(md)) == (None, None)
 
 
-def test_other_vault_address_is_refused_without_contacting_it(localenv: local.LocalEnv,
-                                                              namespace: str) -> None:
-    md, pol = typed(localenv, namespace, policy_vault={"address": "https://vault.attacker.example:8200"})
+def test_other_vault_address_is_refused_without_contacting_it(
+        localenv: local.LocalEnv, namespace: str, root: hvac.Client,
+        admin_client: kubernetes.client.ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlsec.clients.kube import Kube
+    from mlsec.handlers import context
     from mlsec.handlers.settings import CONFIG
 
-    saved = CONFIG.vault.addr
-    CONFIG.vault.addr = localenv.vault_addr
+    monkeypatch.setattr(context, "kube", lambda: Kube(admin_client))  # for the TokenRequest
+    monkeypatch.setattr(CONFIG.vault, "addr", localenv.vault_addr)
     vault_step.vault_client.cache_clear()
     try:
+        md, pol = typed(localenv, namespace, policy_vault={"address": "https://vault.attacker.example:8200"})
         outcome = vault_step.ensure(md, pol)
+        assert (outcome.ok, outcome.reason) == (False, "VaultAddressMismatch")
+        assert "vault.attacker.example" in outcome.message and localenv.vault_addr in outcome.message
+        # another name of the same Vault, declared by the operator's admin: accepted
+        monkeypatch.setattr(CONFIG.vault, "addr_aliases", ["https://vault.hospital.example:8200"])
+        md, pol = typed(localenv, namespace, policy_vault={"address": "https://vault.hospital.example:8200/"})
+        assert vault_step.ensure(md, pol).ok
+        assert vault_objects(root, build.vault_name(md))[0] == build.policy_hcl(md)
     finally:
-        CONFIG.vault.addr = saved
         vault_step.vault_client.cache_clear()
-    assert (outcome.ok, outcome.reason) == (False, "VaultAddressMismatch")
-    assert "vault.attacker.example" in outcome.message
 
 
 def test_ambiguous_name_owned_by_another_namespace_is_left_alone(

@@ -223,12 +223,12 @@ class Vault:
             lease = self._login.login(self._client)
         except VaultError:
             raise
-        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest,
-                hvac.exceptions.InvalidPath, hvac.exceptions.Unauthorized) as exc:
-            err = self._error("login", self._login.description, exc)
-            raise VaultAuthError("login", self._login.description, err.status, err.detail) from None
         except Exception as exc:
-            raise self._error("login", self._login.description, exc) from None
+            err = self._error("login", self._login.description, exc)
+            if isinstance(err, VaultUnavailable):
+                raise err from None
+            # Refused, or no JWT to log in with (e.g. no Kubernetes credentials): an auth problem.
+            raise VaultAuthError("login", self._login.description, err.status, err.detail) from None
         self._lease = lease
         self._client.token = lease.token
         log.info("logged in to Vault at %s with %s (token ttl %ss)", self.address,

@@ -16,6 +16,9 @@ class VaultSettings:
     addr: str | None = None
     """The one Vault (or OpenBao) the operator writes to ($VAULT_ADDR). A policy's vault.address
     must name it: the operator never sends its credentials to an address a namespace chose."""
+    addr_aliases: list[str] = field(default_factory=list)
+    """Other addresses of that same Vault which policies may name (e.g. the external name the
+    pods use while the operator talks to the in-cluster Service)."""
     auth: str = "kubernetes"
     """kubernetes: log in with the operator's ServiceAccount; token: use token_file (explicit only)."""
     auth_mount: str = "kubernetes"

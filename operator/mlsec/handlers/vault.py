@@ -114,11 +114,12 @@ def _client_for(vault_address: str | None) -> tuple[Vault | None, VaultOutcome |
     if client is None:
         return None, VaultOutcome(False, "VaultNotConfigured",
                                   "the operator has no Vault address (--vault-addr / VAULT_ADDR)")
-    if vault_address is not None and not _same_address(vault_address, client.address):
+    known = [client.address, *CONFIG.vault.addr_aliases]
+    if vault_address is not None and not any(_same_address(vault_address, a) for a in known):
         return None, VaultOutcome(
             False, "VaultAddressMismatch",
             f"policy vault.address {vault_address} is not the Vault this operator manages "
-            f"({client.address}); the operator logs in to no other address")
+            f"({', '.join(known)}); the operator logs in to no other address")
     return client, None
 
 
@@ -268,11 +269,11 @@ def _release(body: kopf.Body, retry: int, *, deleting: bool) -> None:
     except VaultError as exc:
         outcome = _failure(exc, client)
         stays = "the ModelDeployment stays until they are removed" if deleting else "retrying"
-        message = (f"cannot remove Vault role and policy {name} yet ({outcome.message}); "
-                   f"{stays}, next attempt in {_retry_delay(retry):.0f}s")
-        if deleting:
+        message = f"cannot remove Vault role and policy {name} yet ({outcome.message}); {stays}"
+        if deleting:  # the condition without the delay: it is written once, not every retry
             write_status(KIND, body, [Cond(CONDITION, False, "VaultCleanupPending", message)],
                          owner=STATUS_OWNER)
+        message += f", next attempt in {_retry_delay(retry):.0f}s"
         kopf.warn(body, reason="VaultCleanupPending", message=message)
         raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from None
     if removed:
