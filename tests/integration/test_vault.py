@@ -577,3 +577,78 @@ def test_injector_templates_render_with_the_models_token(
     assert chain[1].subject.rfc4514_string() == "CN=Hospital ML CA"
     # one issue for both files: the key belongs to the certificate
     assert chain[0].public_key() == private.public_key()
+
+
+# --- through the reconcile (the lead's ModelDeployment handler runs the Vault step) -----------
+
+needs_reconcile = pytest.mark.skipif(not reconcile_calls_vault(),
+                                     reason="the ModelDeployment reconcile does not run the Vault step yet")
+
+
+def deployment_of(models: Models, name: str = "mri-classifier") -> dict[str, Any] | None:
+    try:
+        return dict(kubernetes.client.AppsV1Api(models.core.api_client).read_namespaced_deployment(
+            name, models.namespace).to_dict())
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def vault_ready(models: Models, status: str, reason: str | None = None) -> dict[str, Any] | None:
+    cond = resources.condition(models.get(), "VaultReady")
+    if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+        return cond
+    return None
+
+
+@needs_reconcile
+def test_reconcile_writes_role_and_policy_and_annotates_the_pods(
+        vault_operator: OperatorProcess, models: Models, root: hvac.Client) -> None:
+    models.create_policy()
+    models.create()
+    cond = wait_until(lambda: vault_ready(models, "True"), timeout=30, what="VaultReady=True")
+    md, pol = models.typed()
+    name = build.vault_name(md)
+    assert isinstance(cond, dict) and name in cond["message"]
+    assert vault_objects(root, name)[0] == build.policy_hcl(md)
+    vault_status = (models.get() or {})["status"].get("vault") or {}
+    assert vault_status.get("role") == name and vault_status.get("policy") == name
+    dep = wait_until(lambda: deployment_of(models), timeout=30, what="the Deployment")
+    assert isinstance(dep, dict)
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert build.vault_annotations(md, pol).items() <= annotations.items()
+    assert annotations["vault.hashicorp.com/agent-inject-secret-db"] == DB
+    assert f'secret "{DB}"' in annotations["vault.hashicorp.com/agent-inject-template-db"]
+
+
+@needs_reconcile
+def test_reconcile_refuses_a_path_outside_allowed_secret_paths(
+        vault_operator: OperatorProcess, models: Models, root: hvac.Client) -> None:
+    models.create_policy(allowedSecretPaths=["secret/data/ml-models/*", "pki/issue/ml-serving-*"])
+    models.create()
+
+    def refused() -> dict[str, Any] | None:
+        cond = resources.condition(models.get(), "PolicyCompliant")
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = wait_until(refused, timeout=30, what="PolicyCompliant=False")
+    assert isinstance(cond, dict)
+    assert f"vault.allowedSecretPaths: {DB} is not in" in cond["message"]
+    assert deployment_of(models) is None  # enforce: nothing rolled out
+    md, _ = models.typed()
+    assert vault_objects(root, build.vault_name(md)) == (None, None)
+
+
+@needs_reconcile
+def test_reconcile_during_an_outage_holds_the_rollout_until_vault_is_back(
+        vault_operator: OperatorProcess, models: Models, localenv: local.LocalEnv) -> None:
+    models.create_policy()
+    with openbao_stopped(localenv):
+        models.create()
+        cond = wait_until(lambda: vault_ready(models, "False", "VaultUnavailable"), timeout=30,
+                          what="VaultReady=False VaultUnavailable")
+        assert isinstance(cond, dict) and localenv.vault_addr in cond["message"]
+        assert deployment_of(models) is None  # no pod that would start without its role
+    wait_until(lambda: vault_ready(models, "True"), timeout=90, what="VaultReady=True after the outage")
+    wait_until(lambda: deployment_of(models), timeout=30, what="the Deployment after the outage")
