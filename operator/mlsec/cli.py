@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-file", help="append the hash-chained audit log here too")
     run.add_argument("--bind-address", default="0.0.0.0",
                      help="address of the metrics, health and webhook servers")
+    run.add_argument("--no-leader-election", dest="leader_election", action="store_false",
+                     help="reconcile without electing a leader (a single replica only)")
+    run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "mlsec-system"),
+                     help="namespace of the leader-election Lease")
     run.add_argument("--verbose", action="store_true")
     _vault_flags(run)
     run.set_defaults(func=_run)

@@ -159,6 +159,13 @@ class Kube:
         query = [("fieldManager", self.field_manager)]
         return dict(self._call("POST", res.path(obj["metadata"].get("namespace")), query=query, body=obj))
 
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT: conditional on metadata.resourceVersion when the caller sets it."""
+        res = resource_of(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        return dict(self._call("PUT", res.path(meta.get("namespace"), meta["name"]),
+                               query=[("fieldManager", self.field_manager)], body=obj))
+
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any]) -> dict[str, Any]:
         res = resource_of(api_version, kind)

@@ -30,7 +30,7 @@ from mlsec.builders.drift import in_sync, touched_by_others
 from mlsec.builders.naming import MANAGED_BY
 from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
 from mlsec.gate import Decision
-from mlsec.handlers import context, policy, promotion
+from mlsec.handlers import context, leader, policy, promotion
 from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
 
@@ -230,9 +230,9 @@ def _audit(md: ModelDeployment, pol: MLSecurityPolicy, event: EventType, status:
 # --- kopf wiring --------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL, when=leader.leading)
+@kopf.on.create(GROUP, VERSION, PLURAL, when=leader.leading)
+@kopf.on.update(GROUP, VERSION, PLURAL, when=leader.leading)
 def model_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
     outcome = reconcile(namespace, name, kwargs)
     if outcome.retry:
@@ -251,6 +251,16 @@ def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:
 
 policy.ON_POLICY_CHANGE.append(_policy_changed)
 promotion.ON_DECISIONS_CHANGED.append(_policy_changed)
+
+
+def _reconcile_all(indexes: dict[str, Any]) -> None:
+    """On election: converge every model, whatever the previous leader left half-done."""
+    namespaces = sorted({item["metadata"]["namespace"] for item in context.kube().list(API, KIND)})
+    for namespace in namespaces:
+        _policy_changed(namespace, indexes)
+
+
+leader.ON_ELECTED.append(_reconcile_all)
 
 
 def _owner_name(body: kopf.Body) -> str | None:
@@ -282,7 +292,7 @@ def _register_child_watches() -> None:
         group, _, version = api_version.rpartition("/")
         plural = resource_of(api_version, kind).plural
         kopf.on.event(group, version, plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY},
-                      id=f"child-{kind.lower()}")(_child_event)
+                      id=f"child-{kind.lower()}", when=leader.leading)(_child_event)
 
 
 _register_child_watches()

@@ -17,3 +17,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.probe(id="ready")
 def ready(**_: Any) -> bool:
     return True
+
+
+@kopf.on.cleanup()
+def release_leadership(**_: Any) -> None:
+    from mlsec.handlers import leader
+
+    leader.stop()

@@ -16,6 +16,7 @@ HANDLER_MODULES = (
     "mlsec.handlers.lifecycle",
     "mlsec.handlers.policy",
     "mlsec.handlers.deployment",
+    "mlsec.handlers.promotion",
     "mlsec.handlers.rbac",
     "mlsec.handlers.vault",
 )
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.webhook_port = args.webhook_port
     cfg.audit_file = args.audit_file
     cfg.bind_address = getattr(args, "bind_address", None) or cfg.bind_address
+    cfg.leader_election = getattr(args, "leader_election", True)
+    cfg.lease_namespace = getattr(args, "lease_namespace", None) or cfg.lease_namespace
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -37,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
         importlib.import_module(module)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.bind_address)
+    if cfg.leader_election:
+        from mlsec.handlers import leader
+
+        leader.start(cfg.lease_namespace)
     liveness = f"http://{cfg.bind_address}:{cfg.health_port}/healthz" if cfg.health_port else None
     kopf.run(
         standalone=True,

@@ -13,7 +13,7 @@ from mlsec import GROUP, VERSION
 from mlsec.api import MLSecurityPolicySpec, validation_messages
 from mlsec.audit.events import Action, Context, EventType, Resource, Result
 from mlsec.builders.conditions import Cond
-from mlsec.handlers import context
+from mlsec.handlers import context, leader
 from mlsec.handlers.metrics import POLICIES_VALID, observe
 from mlsec.handlers.status import write_status
 
@@ -83,9 +83,9 @@ def _write_policy_status(namespace: str, name: str, body: dict[str, Any],
     return spec is not None
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL, when=leader.leading)
+@kopf.on.create(GROUP, VERSION, PLURAL, when=leader.leading)
+@kopf.on.update(GROUP, VERSION, PLURAL, when=leader.leading)
 def policy_changed(body: kopf.Body, namespace: str, name: str,
                    policies_by_namespace: kopf.Index[str, PolicyEntry], **kwargs: Any) -> None:
     with observe(KIND):
@@ -111,8 +111,13 @@ def policy_changed(body: kopf.Body, namespace: str, name: str,
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def policy_deleted(type: str, namespace: str, **kwargs: Any) -> None:
-    """Without a finalizer a deletion is seen only as a DELETED watch event."""
-    if type != "DELETED":
+    """Without a finalizer a deletion is seen only as a DELETED watch event.
+
+    Runs on every replica (no leader filter) so that each keeps a handle on kopf's indexes for
+    the re-reconcile it owes when elected.
+    """
+    leader.remember_indexes(kwargs)
+    if type != "DELETED" or not leader.leading():
         return
     for callback in ON_POLICY_CHANGE:
         callback(namespace, kwargs)
@@ -128,3 +133,13 @@ def _record(namespace: str, name: str, valid: bool, body: dict[str, Any]) -> Non
         result=Result(status="SUCCESS" if valid else "FAILURE", reason="; ".join(errors) or None),
         context=Context(policy=f"{namespace}/{name}"),
     )
+
+
+def _revalidate_all(indexes: dict[str, Any]) -> None:
+    """On election: policy statuses may be stale if the previous leader died mid-way."""
+    for body in context.kube().list(API, KIND):
+        meta = body["metadata"]
+        policy_changed(body=body, namespace=meta["namespace"], name=meta["name"], **indexes)
+
+
+leader.ON_ELECTED.append(_revalidate_all)

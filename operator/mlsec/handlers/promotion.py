@@ -26,7 +26,7 @@ from mlsec.clients.kube import KubeError
 from mlsec.gate import Decision
 from mlsec.gate.adapt import RoleResolver, approval_of, ledger_spec, release_of, roles_from_groups, rules_of
 from mlsec.gate.rules import evaluate
-from mlsec.handlers import context, policy
+from mlsec.handlers import context, leader, policy
 
 API = f"{GROUP}/{VERSION}"
 LEDGER_KIND = "PromotionLedger"
@@ -166,8 +166,9 @@ def _write_ledger(namespace: str, spec: dict[str, Any], indexes: dict[str, Any])
     try:
         kube.apply(body)
     except KubeError as exc:
-        if exc.status == 404:  # the PromotionLedger CRD is not installed
+        if exc.status == 404:  # the PromotionLedger CRD is not installed: say so once per content
             log.warning("cannot write the promotion ledger in %s: %s", namespace, exc.message)
+            _written[namespace] = digest
             return
         raise
     _written[namespace] = digest
@@ -244,7 +245,7 @@ def _notify(namespace: str, indexes: dict[str, Any]) -> None:
         callback(namespace, indexes)
 
 
-@kopf.on.event(GROUP, VERSION, "modelapprovals")
+@kopf.on.event(GROUP, VERSION, "modelapprovals", when=leader.leading)
 def approval_event(type: str | None, namespace: str, **kwargs: Any) -> None:
     if type is None:  # initial listing: the timer and the models' resume handle it
         return
@@ -255,6 +256,8 @@ def approval_event(type: str | None, namespace: str, **kwargs: Any) -> None:
 @kopf.timer(GROUP, VERSION, "mlsecuritypolicies", interval=EXPIRY_INTERVAL, initial_delay=5)
 def expire_approvals(namespace: str, **kwargs: Any) -> None:
     """Approvals expire by the clock, which the API server's CEL cannot read: re-evaluate."""
+    if not leader.leading():
+        return
     before = dict(_written)
     refresh(namespace, kwargs)
     if before.get(namespace) != _written.get(namespace):

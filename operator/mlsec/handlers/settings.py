@@ -53,6 +53,10 @@ class OperatorConfig:
     """Port of the admission webhook server (0: no webhook)."""
     audit_file: str | None = None
     """Append the hash-chained audit log to this file as well as stdout."""
+    leader_election: bool = True
+    """Elect one reconciling replica over a Lease (all replicas serve webhooks)."""
+    lease_namespace: str = "mlsec-system"
+    """Namespace of the leader Lease (the operator's own; $POD_NAMESPACE in a pod)."""
     bind_address: str = "0.0.0.0"
     """Address the metrics, health and webhook servers listen on."""
     vault: VaultSettings = field(default_factory=VaultSettings)
