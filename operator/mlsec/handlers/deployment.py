@@ -31,6 +31,7 @@ from mlsec.builders.naming import MANAGED_BY
 from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
 from mlsec.gate import Decision
 from mlsec.handlers import context, leader, policy, promotion
+from mlsec.handlers import vault as vault_step
 from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
 
@@ -157,6 +158,21 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         promotion.audit_promotion(namespace, name, md.spec.version, True, decision.message(),
                                   requester, pol)
 
+    # Vault before the pod: in enforce mode no pod may start without its Vault role and policy.
+    vault_fields: dict[str, Any] = {}
+    if vault_step.needed(md):
+        outcome = vault_step.ensure(md, pol)
+        conds.append(Cond("VaultReady", outcome.ok, outcome.reason, outcome.message))
+        if outcome.ok:
+            vault_fields = {"vault": {k: v for k, v in (("role", outcome.role),
+                                                         ("policy", outcome.policy_name)) if v}}
+        elif enforce:
+            conds.append(Cond("Ready", False, "VaultNotReady",
+                              f"not rolled out until Vault is ready: {outcome.message}"))
+            if write_status(KIND, body, conds, gate_fields):
+                kopf.warn(body, reason=outcome.reason, message=outcome.message)
+            return Outcome(rolled_out=False, retry=outcome.message)
+
     desired = desired_children(md, pol)
     written = _apply_children(namespace, desired)
     ready_msg = "all children are in place" if not problems else \
@@ -169,6 +185,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         "lastAppliedImage": md.spec.image,
         "stage": md.spec.stage.value,
         **gate_fields,
+        **vault_fields,
     }
     write_status(KIND, body, conds, fields)
     if written:
