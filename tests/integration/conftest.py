@@ -19,10 +19,8 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-import yaml
 
 from mlsec.clients.kube import Kube
-from mlsec.config import rbac
 from mlsec.local import env as local
 from mlsec.local import procs
 
@@ -116,24 +114,6 @@ def crds_installed(localenv: local.LocalEnv) -> None:
                      "app.kubernetes.io/part-of=mlsec-operator")
 
 
-def operator_kubeconfig(localenv: local.LocalEnv, workdir: Path) -> Path:
-    """A kubeconfig for the operator's own ServiceAccount (mlsec-system/mlsec-operator) with the
-    generated least-privilege RBAC — the identity the admission policies trust."""
-    localenv.kubectl("create", "namespace", rbac.NAMESPACE, check=False)
-    docs = yaml.safe_dump_all(rbac.manifests())
-    localenv.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
-    token = localenv.kubectl("create", "token", rbac.NAME, "-n", rbac.NAMESPACE,
-                             "--duration=24h").stdout.strip()
-    cfg = yaml.safe_load(localenv.kubeconfig.read_text())
-    cfg["users"] = [{"name": "operator", "user": {"token": token}}]
-    cfg["contexts"] = [{"name": "operator", "context": {"cluster": "mlsec-local", "user": "operator"}}]
-    cfg["current-context"] = "operator"
-    path = workdir / "operator.kubeconfig"
-    path.touch(mode=0o600)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 class OperatorProcess:
     """`mlsec run` as a child process against the local environment, as its own ServiceAccount."""
 
@@ -148,7 +128,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        kubeconfig = operator_kubeconfig(self.localenv, self.workdir)
+        kubeconfig = local.operator_kubeconfig(self.localenv, self.workdir / "operator.kubeconfig")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig),
                "VAULT_ADDR": self.localenv.vault_addr}
         env.pop("VAULT_TOKEN", None)

@@ -515,3 +515,23 @@ def start_component(env: LocalEnv, name: str, timeout: float = 60.0) -> None:
     else:
         raise ValueError(f"cannot restart {name}")
     env.save()
+
+
+def operator_kubeconfig(env: LocalEnv, path: Path | None = None, duration: str = "24h") -> Path:
+    """A kubeconfig for the operator's own ServiceAccount with its generated least-privilege RBAC
+    (mlsec.config.rbac): the identity the admission policies trust to write the ledger."""
+    from mlsec.config import rbac
+
+    env.kubectl("create", "namespace", rbac.NAMESPACE, check=False)
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                input=yaml.safe_dump_all(rbac.manifests()))
+    token = env.kubectl("create", "token", rbac.NAME, "-n", rbac.NAMESPACE,
+                        f"--duration={duration}").stdout.strip()
+    cfg = yaml.safe_load(env.kubeconfig.read_text())
+    cfg["users"] = [{"name": "operator", "user": {"token": token}}]
+    cfg["contexts"] = [{"name": "operator", "context": {"cluster": "mlsec-local", "user": "operator"}}]
+    cfg["current-context"] = "operator"
+    path = path or env.dir / "operator.kubeconfig"
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
