@@ -9,9 +9,10 @@ the spec and from the failure backoff, and a short-tick timer logs a line per ti
 a daemon makes kopf put its finalizer on the policy (removed by kopf when the policy is deleted).
 
 Fail-safe: if anything cannot be read (LDAP down, bad credentials, a search failing part-way,
-Secret missing), no Role or RoleBinding is touched. LDAPSynced turns False with the reason and
-the sync is retried after 10 s, 20 s, 40 s… (never later than the interval). Writes happen only
-for objects whose desired hash or security content (rules, subjects) differ from the live ones.
+Secret missing), no Role or RoleBinding is touched. LDAPSynced turns False with the reason; an
+outage is retried after 10 s, 20 s, 40 s… (never later than the interval), a wrong password or
+TLS/config error once per interval. Writes happen only for objects whose desired hash or security
+content (rules, subjects) differ from the live ones.
 
 The membership of the last successful sync is kept in memory for the promotion gate
 (:func:`platform_roles_of`, :func:`role_snapshot`); after a restart it is seeded from the live
@@ -197,10 +198,13 @@ def ldap_policy_deleted(namespace: str, uid: str, **_: Any) -> None:
 
 
 class SyncFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    """``retryable``: worth a quick retry (outage, API error); otherwise wait a whole interval."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,8 @@ def sync_namespace(namespace: str, body: Mapping[str, Any], *, wait: bool = True
         return None
     except Exception as exc:  # a bug or an API outage: same fail-safe path, with the traceback
         log.exception("LDAP sync of %s failed unexpectedly", namespace)
-        _failed(namespace, body, state, SyncFailed("InternalError", f"{type(exc).__name__}: {exc}"))
+        _failed(namespace, body, state,
+                SyncFailed("InternalError", f"{type(exc).__name__}: {exc}", retryable=True))
         SYNCS.labels("InternalError").inc()
         return None
     else:
@@ -271,7 +276,7 @@ def _sync(namespace: str, body: Mapping[str, Any], state: _State) -> SyncReport:
         membership = directory_factory(settings, password).group_members(
             [m.ldap_group for m in policy.spec.role_mappings])
     except DirectoryError as exc:
-        raise SyncFailed(exc.reason, exc.message) from None
+        raise SyncFailed(exc.reason, exc.message, retryable=exc.retryable) from None
     ldap_seconds = time.perf_counter() - t0
     synced_at = datetime.now(UTC)
 
@@ -369,7 +374,8 @@ def _converge(namespace: str, desired: list[Obj]) -> tuple[
             try:
                 kube.apply(obj)
             except KubeError as err:  # e.g. 403: the operator lacks a permission it would grant
-                raise SyncFailed("ApplyFailed", f"cannot write {obj['kind']}/{key[1]}: {err}") from None
+                raise SyncFailed("ApplyFailed", f"cannot write {obj['kind']}/{key[1]}: {err}",
+                                 retryable=True) from None
             WRITES.labels(obj["kind"]).inc()
             written.append(f"{obj['kind']}/{key[1]}")
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
@@ -393,7 +399,11 @@ def _converge(namespace: str, desired: list[Obj]) -> tuple[
 def _failed(namespace: str, body: Mapping[str, Any], state: _State, exc: SyncFailed) -> None:
     """Leave RBAC as it is; say why in status, an event (on change) and the audit log; back off."""
     state.failures += 1
-    delay = min(state.interval, RETRY_FIRST_SECONDS * 2 ** (state.failures - 1))
+    # Transient failures back off from 10 s up to the interval. The others (wrong password, TLS,
+    # configuration) are retried once per interval only: repeated bad binds can lock the bind
+    # account, and a fixed Secret is also picked up at once by touching the policy.
+    delay = (min(state.interval, RETRY_FIRST_SECONDS * 2 ** (state.failures - 1))
+             if exc.retryable else state.interval)
     state.next_due = time.monotonic() + delay
     transition = state.last_failure != exc.reason
     state.last_failure = exc.reason

@@ -175,6 +175,17 @@ def test_paged_and_batched_lookups_return_everything(fake: Fake) -> None:
     assert len(user_lookups) >= 57 // 7  # one search per batch of 7 names (each paged by 5)
 
 
+def test_large_lookups_scan_the_base_once_with_the_same_result(fake: Fake) -> None:
+    names = [f"user{i:03d}" for i in range(40)]
+    for n in names:
+        fake.user(n)
+    g = fake.group("big", *(user_dn(n) for n in names[:30]))
+    p = fake.group("posix", *names[25:], INJECTION, cls="posixGroup")
+    result = directory(fake, page_size=7, scan_above=10).group_members([g, p])
+    assert result.groups == {g: set(names[:30]), p: set(names[25:])}
+    assert "(uid=*)" in fake.filters and not any("(uid=user" in f for f in fake.filters)
+
+
 # --- injection ----------------------------------------------------------------------------------
 
 
