@@ -106,6 +106,13 @@ def platform_roles_of(namespace: str, user: str) -> frozenset[str]:
     return snap.by_user.get(user, frozenset()) if snap else frozenset()
 
 
+def synced_roles_of(namespace: str, user: str) -> frozenset[str] | None:
+    """Like :func:`platform_roles_of`, but None while the namespace has no sync result at all
+    (the promotion gate then falls back to the groups the API server authenticated)."""
+    snap = _SNAPSHOTS.get(namespace)
+    return None if snap is None else snap.by_user.get(user, frozenset())
+
+
 def role_cache_age(namespace: str, now: datetime | None = None) -> timedelta | None:
     """How old the membership behind :func:`platform_roles_of` is (None: unknown / never)."""
     snap = _SNAPSHOTS.get(namespace)
@@ -239,6 +246,10 @@ def sync_namespace(namespace: str, body: Mapping[str, Any], *, wait: bool = True
     except SyncFailed as exc:
         _failed(namespace, body, state, exc)
         SYNCS.labels(exc.reason).inc()
+        return None
+    except KubeError as exc:  # reading Secrets, listing RBAC, writing status
+        _failed(namespace, body, state, SyncFailed("APIError", str(exc), retryable=True))
+        SYNCS.labels("APIError").inc()
         return None
     except Exception as exc:  # a bug or an API outage: same fail-safe path, with the traceback
         log.exception("LDAP sync of %s failed unexpectedly", namespace)
