@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all dev deps build test unit integration lint typecheck layers crds demo bench clean down
+.PHONY: all dev deps build test unit integration lint typecheck layers crds manifests demo bench clean down
 
 all: test
 
@@ -42,6 +42,11 @@ layers: dev
 
 crds: dev
 	$(BIN)/mlsec crds crds
+
+# crds/, the chart's generated files (CRDs, admission policies, RBAC, OpenReports CRDs) and
+# manifests/install.yaml, from their one source each; `mlsec manifests --check` only compares.
+manifests: dev
+	$(BIN)/mlsec manifests
 
 unit: dev
 	$(BIN)/pytest -q tests/unit

@@ -57,6 +57,22 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifests(args: argparse.Namespace) -> int:
+    from mlsec.local import manifests
+
+    root = Path(args.root)
+    if args.check:
+        problems = manifests.check(root)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print("run `mlsec manifests` (make manifests) and commit the result", file=sys.stderr)
+        return 1 if problems else 0
+    for path in manifests.write(root):
+        print(path)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from mlsec.handlers import main as operator_main
     from mlsec.handlers import settings
@@ -120,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="regenerate the CRDs (and admission policies) from the models")
     crds.add_argument("dir", nargs="?", default="crds")
     crds.set_defaults(func=_crds)
+
+    mf = sub.add_parser("manifests", help="regenerate crds/, the Helm chart's generated files and "
+                        "manifests/install.yaml")
+    mf.add_argument("--root", default=".", help="repository root (default: .)")
+    mf.add_argument("--check", action="store_true", help="write nothing; exit 1 when anything drifted")
+    mf.set_defaults(func=_manifests)
 
     run = sub.add_parser("run", help="run the operator")
     run.add_argument("--namespace", "-n", action="append", help="watch only these namespaces")
