@@ -35,6 +35,7 @@ from mlsec.local import env as local
 from mlsec.local import slapd
 
 ROLES = [r.value for r in PlatformRole]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CountingKube(Kube):
@@ -123,6 +124,9 @@ def load_directory(env: local.LocalEnv, users: int, groups: int, per_user: int) 
 
 def create_policy(kube: Kube, env: local.LocalEnv, namespace: str, user_base: str,
                   group_base: str) -> None:
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    env.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "-l",
+                "app.kubernetes.io/part-of=mlsec-operator")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     for name, key, value in (("ldap-bind", "password", env.ldap_admin_password.encode()),
                              ("ldap-ca", "ca.crt", env.ca_file.read_bytes())):
