@@ -361,9 +361,21 @@ class Models:
         self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "mlsecuritypolicies",
                                                  policy_body(self.localenv, self.namespace, **vault))
 
-    def create(self, name: str = "mri-classifier", **spec: Any) -> None:
-        self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "modeldeployments",
-                                                 resources.model(self.namespace, name, vault=True, **spec))
+    def create(self, name: str = "mri-classifier", vault: bool = True, **spec: Any) -> None:
+        body = resources.model(self.namespace, name, vault=vault, **spec)
+
+        def created() -> bool:
+            try:
+                self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                         "modeldeployments", body)
+            except kubernetes.client.ApiException as exc:
+                # Native admission may wait for the operator's per-namespace objects (its params).
+                if exc.status == 422 and "no params found" in str(exc.body):
+                    return False
+                raise
+            return True
+
+        wait_until(created, timeout=30, what=f"ModelDeployment {name} accepted")
 
     def get(self, name: str = "mri-classifier") -> dict[str, Any] | None:
         try:
@@ -433,8 +445,7 @@ def test_deleting_a_model_removes_its_role_and_policy(
 
 def test_model_without_vault_gets_no_finalizer(vault_operator: OperatorProcess, models: Models) -> None:
     models.create_policy()
-    models.api.create_namespaced_custom_object(GROUP, VERSION, models.namespace, "modeldeployments",
-                                               resources.model(models.namespace, "plain"))
+    models.create("plain", vault=False)
     models.create("with-vault")
     wait_until(lambda: FINALIZER in ((models.get("with-vault") or {})["metadata"].get("finalizers") or []),
                what="finalizer on the model using Vault")
@@ -475,6 +486,18 @@ def test_deletion_waits_for_openbao_and_completes_when_it_is_back(
     wait_until(lambda: models.get() is None, timeout=90, what="the model to be gone after OpenBao is back")
     root = hvac.Client(url=localenv.vault_addr, token=localenv.vault_token)
     assert vault_objects(root, name) == (None, None)
+
+
+def test_dropping_all_secrets_removes_role_and_policy(
+        vault_operator: OperatorProcess, models: Models, root: hvac.Client, operator_vault: Vault) -> None:
+    models.create_policy()
+    models.create()
+    name = bound_in_vault(models, operator_vault)
+    models.api.patch_namespaced_custom_object(GROUP, VERSION, models.namespace, "modeldeployments",
+                                              "mri-classifier", {"spec": {"secrets": [], "tls": None}})
+    wait_until(lambda: vault_objects(root, name) == (None, None), timeout=30,
+               what="role and policy removed once the model lists no secrets")
+    assert models.get() is not None
 
 
 def test_resync_rewrites_role_and_policy_after_openbao_lost_them(

@@ -45,7 +45,7 @@ from mlsec.clients.vault import (
     projected_token,
     token_request,
 )
-from mlsec.handlers import context
+from mlsec.handlers import context, leader
 from mlsec.handlers import policy as policies
 from mlsec.handlers.settings import CONFIG
 from mlsec.handlers.status import write_status
@@ -289,14 +289,18 @@ def _uses_vault(body: kopf.Body, **_: Any) -> bool:
                 or status_vault.get("policy"))
 
 
+# Not filtered by leadership: kopf drops the finalizer wherever no deletion handler matches, so a
+# standby replica would strip it. Every replica may clean up; removing is idempotent.
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_uses_vault, id="vault-cleanup")
 def cleanup(body: kopf.Body, retry: int, **_: Any) -> None:
     _release(body, retry, deleting=True)
 
 
 def _vault_dropped(old: Any, new: Any, **_: Any) -> bool:
-    def uses(spec: Any) -> bool:
-        return bool(spec and (spec.get("secrets") or spec.get("tls")))
+    """``old``/``new``: kopf hands filters the whole previous and new object (its diff base)."""
+    def uses(obj: Any) -> bool:
+        spec = (obj or {}).get("spec") or {}
+        return bool(spec.get("secrets") or spec.get("tls"))
 
     return uses(old) and not uses(new)
 
@@ -328,12 +332,18 @@ def _policy_from_index(namespace: str, indexes: dict[str, Any]) -> MLSecurityPol
     return _parse_policy(namespace, name, generation, json.dumps(spec, sort_keys=True))
 
 
-def _needs_vault_body(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("secrets") or spec.get("tls"))
-
-
 def resync(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
-    """Repair the model's Vault objects if Vault lost or changed them; let the reconcile report."""
+    """Level-based: repair the model's Vault objects if Vault lost or changed them, or remove them
+    if the model no longer uses Vault (the update handler may have missed it); the reconcile
+    reports. Only the leader acts: the others' timers return at once."""
+    if not leader.leading():
+        return
+    if not _needs_vault_body(body.get("spec") or {}):
+        try:
+            _release(body, 0, deleting=False)
+        except kopf.TemporaryError as exc:
+            log.warning("%s/%s: %s", namespace, name, exc)
+        return
     pol = _policy_from_index(namespace, kwargs)
     if pol is None:
         return  # the reconcile reports a missing or invalid policy
@@ -354,9 +364,13 @@ def resync(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
         deployment.reconcile(namespace, name, kwargs)
 
 
+def _needs_vault_body(spec: Any) -> bool:
+    return bool(spec.get("secrets") or spec.get("tls"))
+
+
 if CONFIG.vault.resync_seconds > 0:
     kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.vault.resync_seconds,
-               initial_delay=CONFIG.vault.resync_seconds, when=_needs_vault_body,
+               initial_delay=CONFIG.vault.resync_seconds, when=_uses_vault,
                id="vault-resync")(resync)
 
 
