@@ -22,6 +22,9 @@ from mlsec.api.common import (
 from mlsec.api.deployment import ImageDigest, Version
 
 IMMUTABLE_MESSAGE = "spec is immutable: approvals cannot be edited, create a new one"
+MAX_APPROVER_GROUPS = 128  # groups of the approver as authenticated (more are not recorded)
+
+GroupName = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
 class ApprovalStage(StrEnum):
@@ -61,6 +64,14 @@ class ModelApprovalSpec(SpecModel):
         description="Set by admission to the authenticated user who created this object "
         "(request.userInfo.username). Any value a client writes is overwritten, and as part "
         "of the immutable spec it can never change afterwards.",
+    )
+    approver_groups: list[GroupName] | None = Field(
+        default=None,
+        max_length=MAX_APPROVER_GROUPS,
+        description="Set by admission to the groups the API server authenticated the approver "
+        "with (request.userInfo.groups, at most 128); any value a client writes is overwritten. "
+        "Immutable with the spec.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
 
 

@@ -1,5 +1,8 @@
 """Generate the CRDs from the pydantic models: `python -m mlsec.api.crdgen [DIR]` (or `mlsec crds`).
 
+The native admission policies (mlsec.api.admission) are written beside them, so that
+`kubectl apply --server-side -f crds/` installs both.
+
 pydantic emits JSON Schema 2020-12; the API server wants a structural OpenAPI v3 subset. The
 conversion inlines $ref, turns Optional (anyOf [X, null]) into X (optional = not required), drops
 titles and `additionalProperties: false` (unknown fields are pruned or rejected by field
@@ -15,6 +18,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from mlsec.api.admission import (
+    ADMISSION_FILENAME,
+    OPERATOR_NAME,
+    OPERATOR_NAMESPACE,
+    admission_objects,
+)
 from mlsec.api.registry import RESOURCES, ResourceInfo
 from mlsec.api.structural import structural_problems
 
@@ -84,7 +93,11 @@ def crd(info: ResourceInfo) -> dict[str, Any]:
             "kind": {"description": "REST resource this object represents.", "type": "string"},
             "metadata": {"type": "object"},
             "spec": openapi_schema(info.spec_model),
-            "status": openapi_schema(info.status_model),
+            **(
+                {"status": openapi_schema(info.status_model)}
+                if info.status_model is not None
+                else {}
+            ),
         },
         "required": ["spec"],
         "type": "object",
@@ -96,7 +109,7 @@ def crd(info: ResourceInfo) -> dict[str, Any]:
         "name": info.version,
         "served": True,
         "storage": True,
-        "subresources": {"status": {}},
+        **({"subresources": {"status": {}}} if info.status_model is not None else {}),
         "additionalPrinterColumns": [
             {
                 "name": c.name,
@@ -149,22 +162,37 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def render_crds() -> dict[str, str]:
-    """File name -> YAML text for every CRD; deterministic, so the golden test can compare."""
-    return {
-        info.filename: HEADER
-        + yaml.dump(crd(info), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
-        for info in RESOURCES
-    }
+def _yaml(doc: dict[str, Any]) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
-def write_crds(directory: str | Path) -> list[Path]:
-    """Write the CRDs into `directory` (created if missing); returns the paths written."""
+def render_admission(
+    namespace: str = OPERATOR_NAMESPACE, name: str = OPERATOR_NAME
+) -> str:
+    """The native admission policies and bindings, one multi-document YAML file."""
+    return HEADER + "---\n".join(_yaml(doc) for doc in admission_objects(namespace, name))
+
+
+def render_crds(
+    namespace: str = OPERATOR_NAMESPACE, name: str = OPERATOR_NAME
+) -> dict[str, str]:
+    """File name -> YAML text for every CRD and the admission policies (trusting the operator's
+    ServiceAccount `namespace`/`name`); deterministic, so the golden test can compare."""
+    files = {info.filename: HEADER + _yaml(crd(info)) for info in RESOURCES}
+    files[ADMISSION_FILENAME] = render_admission(namespace, name)
+    return files
+
+
+def write_crds(
+    directory: str | Path, namespace: str = OPERATOR_NAMESPACE, name: str = OPERATOR_NAME
+) -> list[Path]:
+    """Write the CRDs and admission policies into `directory` (created if missing); returns the
+    paths written."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_crds().items():
-        path = out / name
+    for filename, text in render_crds(namespace, name).items():
+        path = out / filename
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written

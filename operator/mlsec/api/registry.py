@@ -1,4 +1,4 @@
-"""The three resources in one place: names, printer columns and models.
+"""The four resources in one place: names, printer columns and models.
 
 The CRD generator, the kopf handlers and the RBAC builder all read this, so a kind is named once.
 """
@@ -13,6 +13,7 @@ from mlsec import API_VERSION, GROUP, VERSION
 from mlsec.api.approval import ModelApproval, ModelApprovalSpec, ModelApprovalStatus
 from mlsec.api.common import CustomResource
 from mlsec.api.deployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
+from mlsec.api.ledger import PromotionLedger, PromotionLedgerSpec
 from mlsec.api.policy import MLSecurityPolicy, MLSecurityPolicySpec, MLSecurityPolicyStatus
 
 CATEGORY = "mlsec"
@@ -51,7 +52,8 @@ class ResourceInfo:
     short_names: tuple[str, ...]
     model: type[CustomResource]
     spec_model: type[BaseModel]
-    status_model: type[BaseModel]
+    # None: no status, no status subresource (the PromotionLedger is all spec).
+    status_model: type[BaseModel] | None
     printer_columns: tuple[PrinterColumn, ...]
     # Fields usable in field selectors (`kubectl get mla --field-selector spec.modelDeployment=x`).
     selectable_fields: tuple[str, ...] = ()
@@ -134,7 +136,25 @@ APPROVAL = ResourceInfo(
     selectable_fields=(".spec.modelDeployment",),
 )
 
-RESOURCES: tuple[ResourceInfo, ...] = (POLICY, DEPLOYMENT, APPROVAL)
+LEDGER = ResourceInfo(
+    kind="PromotionLedger",
+    plural="promotionledgers",
+    singular="promotionledger",
+    short_names=("mlledger",),
+    model=PromotionLedger,
+    spec_model=PromotionLedgerSpec,
+    status_model=None,
+    printer_columns=(
+        PrinterColumn("Policy", ".spec.policy", description="MLSecurityPolicy in force."),
+        PrinterColumn("Enforcement", ".spec.enforcement", description="enforce or audit."),
+        PrinterColumn(
+            "Blocked", ".spec.blocked", description="Why every promotion is refused, if so."
+        ),
+        AGE,
+    ),
+)
+
+RESOURCES: tuple[ResourceInfo, ...] = (POLICY, DEPLOYMENT, APPROVAL, LEDGER)
 
 
 def by_kind(kind: str) -> ResourceInfo:

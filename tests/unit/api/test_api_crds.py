@@ -46,11 +46,13 @@ def test_render_is_deterministic_and_headed() -> None:
         "mlsec.io_mlsecuritypolicies.yaml",
         "mlsec.io_modeldeployments.yaml",
         "mlsec.io_modelapprovals.yaml",
+        "mlsec.io_promotionledgers.yaml",
+        "mlsec.io_admission-policies.yaml",
     }
     for text in first.values():
         assert text.startswith(HEADER)
         assert "&id" not in text  # no YAML anchors
-        yaml.safe_load(text)
+        assert list(yaml.safe_load_all(text))
 
 
 def test_write_crds(tmp_path: Path) -> None:
@@ -78,7 +80,11 @@ def test_names_and_subresources(info: ResourceInfo) -> None:
     assert spec["names"]["shortNames"] == list(info.short_names)
     [version] = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
-    assert version["subresources"] == {"status": {}}
+    if info.status_model is None:  # the PromotionLedger: all spec, no status to write
+        assert "subresources" not in version
+        assert "status" not in _schema(info)["properties"]
+    else:
+        assert version["subresources"] == {"status": {}}
     assert version["additionalPrinterColumns"][-1]["name"] == "Age"
     assert _schema(info)["required"] == ["spec"]
 
@@ -88,6 +94,7 @@ def test_short_names() -> None:
         "MLSecurityPolicy": ("mlpol",),
         "ModelDeployment": ("mld",),
         "ModelApproval": ("mla",),
+        "PromotionLedger": ("mlledger",),
     }
 
 
@@ -108,7 +115,7 @@ def _node(info: ResourceInfo, path: str) -> dict[str, Any]:
 
 
 def test_cel_rules_present() -> None:
-    policy, deployment, approval = RESOURCES
+    policy, deployment, approval, _ledger = RESOURCES
     [ldap_rule] = _node(policy, ".spec.ldap")["x-kubernetes-validations"]
     assert "startTLS" in ldap_rule["rule"] and ldap_rule["fieldPath"] == ".url"
     [rate_rule] = _node(policy, ".spec.network.rateLimit")["x-kubernetes-validations"]
