@@ -120,12 +120,26 @@ def istio_crds() -> Path:
                         "kubernetes/customresourcedefinitions.gen.yaml", "istio-api", "crds.yaml")
 
 
+OPENREPORTS_KINDS = ("reports", "clusterreports")
+
+
 def openreports_crds() -> list[Path]:
-    return [
-        _module_file("github.com/openreports/reports-api", versions.OPENREPORTS_API,
-                     f"config/crd/openreports.io_{kind}.yaml", "openreports-api", f"{kind}.yaml")
-        for kind in ("reports", "clusterreports")
-    ]
+    """The OpenReports CRDs (Report, ClusterReport), fetched together into one cache directory.
+
+    One fetch for both files: two ``_cached`` calls on the same directory would each replace it,
+    and the second would drop the first file.
+    """
+    names = [f"{kind}.yaml" for kind in OPENREPORTS_KINDS]
+
+    def fetch(out: Path) -> None:
+        module = f"github.com/openreports/reports-api@{versions.OPENREPORTS_API}"
+        info = json.loads(_run(["go", "mod", "download", "-json", module],
+                               cwd=Path(tempfile.gettempdir()), env=_go_env() | {"GOFLAGS": ""}))
+        for kind, name in zip(OPENREPORTS_KINDS, names, strict=True):
+            shutil.copyfile(Path(info["Dir"]) / "config/crd" / f"openreports.io_{kind}.yaml", out / name)
+
+    final = _cached("openreports-api", versions.OPENREPORTS_API, names, fetch)
+    return [final / name for name in names]
 
 
 def _wheel_bin(name: str) -> Path:
@@ -158,4 +172,6 @@ def ensure_all() -> dict[str, Path]:
         "kubectl": kubectl_bin(),
         "bao": bao_bin(),
         "istio-crds": istio_crds(),
+        # A directory: `kubectl apply -f` takes every CRD file in it.
+        "openreports-crds": openreports_crds()[0].parent,
     }

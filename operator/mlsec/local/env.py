@@ -29,7 +29,7 @@ USERS = ("alice", "bob", "carol", "dave", "erin")
 # Groups the API server authenticates each person with (their LDAP groups, so the promotion gate
 # has a fallback source of platform roles until LDAP sync runs).
 USER_GROUPS = {u: groups for u, (_, groups) in slapd.PEOPLE.items()}
-STOP_ORDER = ("kube-controller-manager", "kube-apiserver", "openbao", "slapd", "etcd")
+STOP_ORDER = ("operator", "kube-controller-manager", "kube-apiserver", "openbao", "slapd", "etcd")
 VAULT_AUDIENCE = "vault"
 
 
@@ -400,7 +400,10 @@ def _configure_openbao(env: LocalEnv) -> None:
 
 
 def _apply_crds(env: LocalEnv) -> None:
+    """The Istio CRDs and the OpenReports CRDs (Report, ClusterReport: where the compliance
+    reports go; clusters running Kyverno have them already, the chart installs them on request)."""
     env.kubectl("apply", "--server-side", "--force-conflicts", "-f", env.bins["istio-crds"])
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", env.bins["openreports-crds"])
     env.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
 
 
