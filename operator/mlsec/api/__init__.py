@@ -1,4 +1,5 @@
-"""The mlsec.io/v1alpha1 API: pydantic models of the three kinds, and the CRDs made from them."""
+"""The mlsec.io/v1alpha1 API: pydantic models of the four kinds, the CRDs made from them, and the
+native admission policies generated beside them (mlsec.api.admission)."""
 
 from mlsec.api.approval import (
     ApprovalStage,
@@ -35,6 +36,7 @@ from mlsec.api.deployment import (
     normalize_image,
     stage_transition_error,
 )
+from mlsec.api.ledger import LEDGER_NAME, LedgerRelease, PromotionLedger, PromotionLedgerSpec
 from mlsec.api.policy import (
     Enforcement,
     ImagePolicy,
@@ -54,11 +56,21 @@ from mlsec.api.policy import (
     VaultConfig,
     VaultPolicyStatus,
 )
-from mlsec.api.registry import APPROVAL, DEPLOYMENT, POLICY, RESOURCES, ResourceInfo, by_kind
+from mlsec.api.registry import (
+    APPROVAL,
+    DEPLOYMENT,
+    LEDGER,
+    POLICY,
+    RESOURCES,
+    ResourceInfo,
+    by_kind,
+)
 
 __all__ = [
     "APPROVAL",
     "DEPLOYMENT",
+    "LEDGER",
+    "LEDGER_NAME",
     "POLICY",
     "RESOURCES",
     "ApprovalStage",
@@ -73,6 +85,7 @@ __all__ = [
     "ImagePolicy",
     "LDAPConfig",
     "LDAPSyncStatus",
+    "LedgerRelease",
     "MLSecurityPolicy",
     "MLSecurityPolicySpec",
     "MLSecurityPolicyStatus",
@@ -88,6 +101,8 @@ __all__ = [
     "PlatformRole",
     "PolicyConditionType",
     "ProductionPromotion",
+    "PromotionLedger",
+    "PromotionLedgerSpec",
     "PromotionPolicy",
     "RateLimit",
     "RequiredApproval",
