@@ -107,6 +107,7 @@ _ns_locks: dict[str, threading.Lock] = {}
 _ns_guard = threading.Lock()
 _ledgers: dict[str, dict[str, Any]] = {}  # namespace → ledger spec last computed
 _written: dict[str, str] = {}  # namespace → hash of the ledger spec last written (or read)
+_recorded: set[tuple[str, str]] = set()  # approvals whose APPROVAL_RECORDED is in the audit log
 
 
 def _lock(namespace: str) -> threading.Lock:
@@ -200,7 +201,8 @@ def _write_approval_statuses(namespace: str, verdicts: dict[str, Any], indexes: 
         except KubeError as exc:
             if exc.status != 404:
                 raise
-        if not status.get("approver"):  # first evaluation of a new approval
+        if (namespace, name) not in _recorded and not status.get("approver"):  # first evaluation
+            _recorded.add((namespace, name))
             context.audit().record(
                 EventType.APPROVAL_REJECTED if spec.get("decision") == "reject"
                 else EventType.APPROVAL_RECORDED,
@@ -231,7 +233,7 @@ def audit_promotion(namespace: str, name: str, version: str, allowed: bool, mess
         EventType.PROMOTION_ALLOWED if allowed else EventType.PROMOTION_DENIED,
         actor=Actor(user_id=requester),
         resource=Resource(type="ModelDeployment", name=name, namespace=namespace, version=version),
-        action=Action(type="PROMOTE", details={"to": "production"}),
+        action=Action(type="ROLLOUT", details={"to": "production", "layer": "reconcile"}),
         result=Result(status="SUCCESS" if allowed else "DENIED", reason=message),
         context=Context(request_id=request_id, policy=f"{namespace}/{pol.metadata.name}"),
     )
