@@ -46,7 +46,7 @@ from mlsec.builders.conditions import Cond, rfc3339
 from mlsec.builders.meta import DESIRED_HASH_ANNOTATION, Obj
 from mlsec.clients.kube import KubeError
 from mlsec.clients.ldap import DirectoryClient, DirectoryError, DirectorySettings, LdapDirectory
-from mlsec.handlers import context
+from mlsec.handlers import context, leader
 from mlsec.handlers.metrics import WRITES
 from mlsec.handlers.policy import KIND, PLURAL, active_policy_name
 from mlsec.handlers.status import write_status
@@ -164,9 +164,9 @@ def _is_active(index: kopf.Index[str, tuple[str, str]], namespace: str, name: st
     return active_policy_name(index, namespace) in (None, name)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="ldap-rbac")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="ldap-rbac")
-@kopf.on.update(GROUP, VERSION, PLURAL, id="ldap-rbac")
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="ldap-rbac", when=leader.leading)
+@kopf.on.create(GROUP, VERSION, PLURAL, id="ldap-rbac", when=leader.leading)
+@kopf.on.update(GROUP, VERSION, PLURAL, id="ldap-rbac", when=leader.leading)
 def ldap_policy_changed(body: kopf.Body, namespace: str, name: str,
                         policies_by_namespace: kopf.Index[str, tuple[str, str]], **_: Any) -> None:
     """A new or changed policy syncs at once; so does any label or annotation change, e.g.
@@ -184,7 +184,7 @@ async def ldap_sync_schedule(stopped: kopf.DaemonStopped, body: kopf.Body, names
                              **_: Any) -> None:
     while not stopped:
         state = _state(namespace, uid)
-        if (_is_active(policies_by_namespace, namespace, name)
+        if (leader.leading() and _is_active(policies_by_namespace, namespace, name)
                 and time.monotonic() >= state.next_due and not state.lock.locked()):
             # body is kopf's live view of the policy: hand the thread a stable copy.
             snapshot = copy.deepcopy(dict(body))
