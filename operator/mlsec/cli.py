@@ -80,7 +80,34 @@ def _run(args: argparse.Namespace) -> int:
     given = {k.removeprefix("vault_"): v for k, v in vars(args).items()
              if k.startswith("vault_") and v is not None}
     settings.CONFIG.vault = settings.VaultSettings(**given)
+    settings.CONFIG.webhook = settings.WebhookSettings(
+        host=args.webhook_host, service=args.webhook_service, cert_dir=args.webhook_cert_dir,
+        failure_policy=args.webhook_failure_policy, timeout_seconds=args.webhook_timeout,
+        operator_identity=args.webhook_operator_identity)
     return operator_main.run(args)
+
+
+def _webhook_flags(run: argparse.ArgumentParser) -> None:
+    """How the admission webhook is served and registered (with --webhook-port)."""
+    env = os.environ.get
+    g = run.add_argument_group("admission webhook", "served by every replica with --webhook-port N")
+    g.add_argument("--webhook-host", default=env("MLSEC_WEBHOOK_HOST"),
+                   help="name or IP the API server reaches the webhook at (URL and certificate); "
+                   "default: the bind address ($MLSEC_WEBHOOK_HOST)")
+    g.add_argument("--webhook-service", default=env("MLSEC_WEBHOOK_SERVICE"),
+                   help="namespace/name[:port] of the Service in front of the replicas: register "
+                   "the Service instead of a URL ($MLSEC_WEBHOOK_SERVICE)")
+    g.add_argument("--webhook-cert-dir", default=env("MLSEC_WEBHOOK_CERT_DIR"),
+                   help="serve tls.crt/tls.key from here, ca.crt as the caBundle (re-read on change); "
+                   "default: generate a CA and certificate at start-up ($MLSEC_WEBHOOK_CERT_DIR)")
+    g.add_argument("--webhook-failure-policy", choices=["auto", "Fail", "Ignore"],
+                   default=env("MLSEC_WEBHOOK_FAILURE_POLICY", "auto"),
+                   help="auto (default): Ignore when the cluster serves MutatingAdmissionPolicy "
+                   "(the native policies hold the gate), else Fail")
+    g.add_argument("--webhook-timeout", type=int, default=5, choices=range(1, 31), metavar="1-30",
+                   help="timeoutSeconds of the webhooks (default 5)")
+    g.add_argument("--webhook-operator-identity", default=env("MLSEC_WEBHOOK_OPERATOR_IDENTITY"),
+                   help="user name allowed to write status (default: asked from the API server)")
 
 
 def _vault_flags(run: argparse.ArgumentParser) -> None:
@@ -157,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="namespace of the leader-election Lease")
     run.add_argument("--verbose", action="store_true")
     _vault_flags(run)
+    _webhook_flags(run)
     run.set_defaults(func=_run)
 
     audit = sub.add_parser("audit", help="audit log tools")

@@ -19,6 +19,8 @@ HANDLER_MODULES = (
     "mlsec.handlers.promotion",
     "mlsec.handlers.rbac",
     "mlsec.handlers.vault",
+    "mlsec.handlers.admission",  # registers its webhooks only with --webhook-port
+    "mlsec.handlers.reports",
 )
 
 

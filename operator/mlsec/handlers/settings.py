@@ -42,6 +42,26 @@ class VaultSettings:
 
 
 @dataclass
+class WebhookSettings:
+    host: str | None = None
+    """Name or IP the API server reaches the webhook at (URL host and certificate SAN); default:
+    the bind address (127.0.0.1 for 0.0.0.0)."""
+    service: str | None = None
+    """namespace/name[:port] of the Service in front of the replicas: the webhook configuration
+    then names the Service (port default 443) instead of a URL."""
+    cert_dir: str | None = None
+    """Directory with tls.crt, tls.key and ca.crt to serve (a mounted Secret, re-read on change);
+    unset: a CA and serving certificate are generated at start-up (one replica only)."""
+    failure_policy: str = "auto"
+    """Fail | Ignore | auto: Ignore when the cluster serves MutatingAdmissionPolicy (the native
+    policies hold the gate, so an operator outage never blocks writes), else Fail."""
+    timeout_seconds: int = 5
+    """timeoutSeconds of every webhook (kopf would register 30, the maximum)."""
+    operator_identity: str | None = None
+    """User name whose status writes are allowed; unset: asked from the API server at start-up."""
+
+
+@dataclass
 class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)
     """Namespaces to watch; empty: the whole cluster."""
@@ -61,6 +81,8 @@ class OperatorConfig:
     """Address the metrics, health and webhook servers listen on."""
     vault: VaultSettings = field(default_factory=VaultSettings)
     """How the operator reaches and logs in to Vault (flags --vault-*)."""
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    """How the admission webhook is served and registered (flags --webhook-*)."""
 
 
 CONFIG = OperatorConfig()

@@ -1,0 +1,167 @@
+"""Serving and registering the admission webhooks: TLS, failure policy, timeout, mlsec.io only.
+
+kopf serves the webhooks (``settings.admission.server``) and keeps the Validating- and
+MutatingWebhookConfiguration named ``mlsec.io`` pointing at them (``settings.admission.managed``).
+kopf 1.45 registers every webhook with ``timeoutSeconds: 30`` and its failure policy fixed at
+decoration time, so :func:`install_config_rewrite` wraps kopf's configuration builder to set ours:
+a short timeout, the failure policy decided at start-up, and rules for the mlsec.io group only —
+a failing or slow operator must never hold up anything outside our API group.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from mlsec import GROUP
+from mlsec.clients import discovery
+from mlsec.clients.kube import Kube, KubeError
+from mlsec.handlers import webhook_tls
+from mlsec.handlers.settings import OperatorConfig
+
+MANAGED = GROUP  # name of both webhook configurations
+ADMISSION_API = "admissionregistration.k8s.io/v1"
+FAIL, IGNORE, AUTO = "Fail", "Ignore", "auto"
+log = logging.getLogger(__name__)
+
+# The uid of the AdmissionReview being served (for the audit records of its decision).
+REQUEST_UID: ContextVar[str | None] = ContextVar("mlsec_admission_uid", default=None)
+
+
+def parse_service(text: str) -> tuple[str, str, int]:
+    """``namespace/name[:port]`` → (namespace, name, port); port 443 by default."""
+    ref, _, port = text.partition(":")
+    namespace, _, name = ref.partition("/")
+    if not namespace or not name or "/" in name:
+        raise ValueError(f"--webhook-service must be namespace/name[:port], got {text!r}")
+    try:
+        number = int(port) if port else 443
+    except ValueError:
+        raise ValueError(f"--webhook-service port must be a number, got {port!r}") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"--webhook-service port out of range: {number}")
+    return namespace, name, number
+
+
+def service_hosts(namespace: str, name: str) -> list[str]:
+    return [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+
+
+def client_config(config: Mapping[str, Any], service: tuple[str, str, int] | None) -> dict[str, Any]:
+    """kopf's URL client config, or the same path behind a Service reference."""
+    out = dict(config)
+    if service is None:
+        return out
+    from urllib.parse import urlsplit
+
+    path = urlsplit(str(out.pop("url", ""))).path.rstrip("/")
+    namespace, name, port = service
+    ref: dict[str, Any] = {"namespace": namespace, "name": name, "port": port}
+    if path:
+        ref["path"] = path
+    out["service"] = ref
+    return out
+
+
+class Server(kopf.WebhookServer):
+    """kopf's aiohttp server, plus: the request uid for audit records, and Service references."""
+
+    def __init__(self, *, service: tuple[str, str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = service
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async def traced(request: Any, **kwargs: Any) -> Any:
+            token = REQUEST_UID.set(str((request.get("request") or {}).get("uid") or "") or None)
+            try:
+                return await fn(request, **kwargs)
+            finally:
+                REQUEST_UID.reset(token)
+
+        async for config in super().__call__(traced):
+            yield client_config(config, self.service)
+
+
+def adjust_webhooks(webhooks: list[dict[str, Any]], *, failure_policy: str, timeout: int,
+                    group: str = GROUP) -> list[dict[str, Any]]:
+    """Our registration conventions on top of what kopf builds (pure)."""
+    out = []
+    for hook in webhooks:
+        rules = [r for r in hook.get("rules") or [] if list(r.get("apiGroups") or []) == [group]]
+        if not rules:  # never register anything outside our API group
+            continue
+        out.append({**hook, "rules": rules, "failurePolicy": failure_policy,
+                    "timeoutSeconds": max(1, min(30, int(timeout)))})
+    return out
+
+
+def install_config_rewrite(failure_policy: str, timeout: int) -> None:
+    """Wrap kopf's webhook-configuration builder (module global, looked up at each call)."""
+    from kopf._core.engines import admission as engine
+
+    original: Callable[..., list[dict[str, Any]]] = getattr(
+        engine.build_webhooks, "__wrapped__", engine.build_webhooks)
+
+    @functools.wraps(original)
+    def build_webhooks(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return adjust_webhooks(original(*args, **kwargs), failure_policy=failure_policy,
+                               timeout=timeout)
+
+    engine.build_webhooks = build_webhooks
+
+
+def decide_failure_policy(setting: str, native_served: Callable[[], bool]) -> str:
+    """Fail or Ignore; ``auto`` asks whether the cluster serves MutatingAdmissionPolicy."""
+    if setting in (FAIL, IGNORE):
+        return setting
+    if setting != AUTO:
+        raise ValueError(f"webhook failure policy must be Fail, Ignore or auto, not {setting!r}")
+    try:
+        served = native_served()
+    except (KubeError, OSError) as exc:  # cannot tell: fail closed on our own group
+        log.warning("cannot discover MutatingAdmissionPolicy support (%s): failurePolicy Fail", exc)
+        return FAIL
+    return IGNORE if served else FAIL
+
+
+def native_policies_served(kube: Kube) -> bool:
+    return discovery.serves(kube, ADMISSION_API, "mutatingadmissionpolicies")
+
+
+def operator_identity(cfg: OperatorConfig, kube: Kube) -> str:
+    """The user name the operator's own requests carry (its status writes are the only allowed)."""
+    if cfg.webhook.operator_identity:
+        return cfg.webhook.operator_identity
+    try:
+        user, _ = discovery.whoami(kube)
+        if user:
+            return user
+    except (KubeError, OSError) as exc:
+        log.warning("SelfSubjectReview failed (%s); assuming the default ServiceAccount", exc)
+    return f"system:serviceaccount:{cfg.lease_namespace}:mlsec-operator"
+
+
+def make_server(cfg: OperatorConfig) -> Server:
+    """The TLS server for ``cfg``: provided certificate or a generated one for the right names."""
+    w = cfg.webhook
+    service = parse_service(w.service) if w.service else None
+    host = w.host or (f"{service[1]}.{service[0]}.svc" if service else None) or \
+        kopf.WebhookServer._get_accessible_addr(cfg.bind_address)
+    if w.cert_dir:
+        cert = webhook_tls.from_dir(Path(w.cert_dir))
+    else:
+        names = [host, *(service_hosts(service[0], service[1]) if service else []), "localhost"]
+        if host in ("127.0.0.1", "localhost"):
+            names.append("127.0.0.1")
+        cert = webhook_tls.generate(names)
+        if service is not None:
+            log.warning("webhook certificate generated by this replica: with several replicas behind "
+                        "%s/%s, provide one with --webhook-cert-dir", service[0], service[1])
+    return Server(addr=cfg.bind_address, port=cfg.webhook_port, host=host, service=service,
+                  certfile=str(cert.certfile), pkeyfile=str(cert.keyfile), cadata=cert.cadata)
