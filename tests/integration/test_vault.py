@@ -339,9 +339,12 @@ def reconcile_calls_vault() -> bool:
 @pytest.fixture(scope="module")
 def vault_operator(localenv: local.LocalEnv, crds_installed: None,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """`mlsec run` as deployed: kubernetes auth with its own ServiceAccount, a fast resync."""
+    """`mlsec run` as deployed: kubernetes auth with its own ServiceAccount, a fast resync.
+
+    Without leader election: it must act even when the session's operator holds the Lease
+    (both acting is harmless, everything here is idempotent)."""
     op = OperatorProcess(localenv, tmp_path_factory.mktemp("vault-operator"),
-                         "--vault-resync-seconds", "3").start()
+                         "--vault-resync-seconds", "3", "--no-leader-election").start()
     try:
         yield op
     finally:
