@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,22 @@ def helm() -> Path:
     return build.helm_bin()
 
 
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are large
+
+
+@cache
+def _render(values: str, namespace: str, release: str, kube_version: str, extra: tuple[str, ...]) -> str:
+    return manifests.template(CHART, release=release, namespace=namespace, kube_version=kube_version,
+                              values=json.loads(values), extra=list(extra), helm=helm())
+
+
 def render(values: dict[str, Any] | None = None, *, namespace: str = "mlsec-system",
            release: str = "mlsec-operator", kube_version: str = KUBE,
            extra: tuple[str, ...] = ()) -> list[Obj]:
-    text = manifests.template(CHART, release=release, namespace=namespace, kube_version=kube_version,
-                              values=values, extra=list(extra), helm=helm())
-    return [d for d in yaml.safe_load_all(text) if d]
+    """The objects `helm template` renders (the text of identical calls is cached; the self-generated
+    certificate is then the same, which no test relies on)."""
+    text = _render(json.dumps(values or {}, sort_keys=True), namespace, release, kube_version, extra)
+    return [d for d in yaml.load_all(text, Loader=Loader) if d]
 
 
 def of_kind(docs: list[Obj], kind: str) -> list[Obj]:
@@ -41,4 +52,4 @@ def one(docs: list[Obj], kind: str) -> Obj:
 
 
 def yaml_docs(path: Path) -> list[Obj]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return [d for d in yaml.load_all(path.read_text(), Loader=Loader) if d]

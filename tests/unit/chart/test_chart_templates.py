@@ -131,9 +131,15 @@ def test_self_generated_webhook_certificate() -> None:
     service = next(s for s in of_kind(docs, "Service") if s["metadata"]["name"].endswith("-webhook"))
     assert service["spec"]["ports"][0]["targetPort"] == "webhook"
     c = _container(docs)
-    assert "--webhook-port=9443" in c["args"]
+    args = build_parser().parse_args(["run", *c["args"]])
+    assert args.webhook_port == 9443
+    assert args.webhook_service == f"ops/{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert args.webhook_cert_dir == mounts["webhook-tls"]
+    assert args.webhook_failure_policy == "auto"
     volumes = {v["name"]: v for v in _pod(docs)["volumes"]}
     assert volumes["webhook-tls"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}  # what --webhook-cert-dir reads
 
 
 def test_cert_manager_certificate() -> None:
