@@ -1,0 +1,132 @@
+"""Benchmark: operator memory (VmRSS from /proc/<pid>/status) at 0, 1,000 and 5,000 ModelDeployments.
+
+    .venv/bin/python -m bench.memory --dir /tmp/env-bench [--levels 0,1000,5000]
+
+One ``mlsec run`` process: RSS is sampled when it is idle with no model, then models are added
+(staging, hospital policy, ``--per-namespace`` per namespace) up to each level; once all are
+Ready and ``--settle`` seconds have passed, RSS is sampled again (median of five samples a second
+apart) with VmHWM (the peak so far). Finally the operator is restarted with every model in place
+and sampled once its start-up pass (a resume reconcile per model) is done: the memory a
+restarted replica needs. Goal: ≤ 100 MiB at 5,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common as c
+
+GOAL_MIB = 100.0
+
+
+def vm(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sample(op: c.Operator, settle: float) -> tuple[float, float]:
+    time.sleep(settle)
+    values = []
+    for _ in range(5):
+        values.append(op.rss_mib())
+        time.sleep(1)
+    return statistics.median(values), vm(op.pid, "VmHWM")
+
+
+def wait_reconciled(op: c.Operator, n: int, timeout: float) -> float:
+    """Seconds until the operator has run ``n`` ModelDeployment reconciles (its resume pass)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        done = c.metric_value(op.metrics(), "mlsec_reconcile_duration_seconds_count", kind="ModelDeployment")
+        if done >= n:
+            break
+        time.sleep(1)
+    return time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    c.add_env_args(parser)
+    parser.add_argument("--levels", default="0,1000,5000", help="model counts to sample at")
+    parser.add_argument("--per-namespace", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=15.0, help="idle seconds before sampling")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait per level")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+
+    env = c.load_env(args.dir)
+    c.install_crds(env)
+    kube = c.admin_kube(env)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    namespaces: list[str] = []
+    watch = c.ReadyWatch(env, lambda: set(namespaces)).start()
+    op = c.Operator(env, workdir / "operator")
+    rows: list[dict[str, Any]] = []
+    have = 0
+    try:
+        op.start()
+        for level in levels:
+            started = time.monotonic()
+            bodies = []
+            while have < level:
+                if have % args.per_namespace == 0:
+                    ns = c.setup_namespace(kube, env, "bench-mem")
+                    namespaces.append(ns)
+                bodies.append(c.model_body(namespaces[-1], f"mem-{have:05d}"))
+                have += 1
+            if bodies:
+                c.say(f"adding {len(bodies)} models (to {level})")
+                c.create_all(kube, bodies)
+                def progress(n: int, level: int = level) -> None:
+                    c.say(f"  {n}/{level} Ready, RSS {op.rss_mib():.0f} MiB")
+
+                if not watch.wait_count(level, timeout=args.timeout, progress=progress):
+                    c.say(f"only {watch.count_ready()} of {level} Ready")
+            seconds = time.monotonic() - started
+            rss, hwm = sample(op, args.settle)
+            c.say(f"{level} models: RSS {rss:.1f} MiB (peak {hwm:.1f})")
+            rows.append({"models": level, "namespaces": len(namespaces), "ready": watch.count_ready(),
+                         "rss_mib": round(rss, 1), "peak_mib": round(hwm, 1),
+                         "seconds": round(seconds, 1), "phase": "growing"})
+        op.stop()
+        c.say(f"restarting the operator with {have} models in place")
+        op = c.Operator(env, workdir / "restarted")
+        started = time.monotonic()
+        op.start()
+        took = wait_reconciled(op, have, args.timeout)
+        rss, hwm = sample(op, args.settle)
+        rows.append({"models": have, "namespaces": len(namespaces), "ready": watch.count_ready(),
+                     "rss_mib": round(rss, 1), "peak_mib": round(hwm, 1),
+                     "seconds": round(time.monotonic() - started - args.settle - 5, 1),
+                     "resume_s": round(took, 1), "phase": "restarted"})
+    finally:
+        watch.stop()
+        op.stop()
+        if not args.keep:
+            c.delete_namespaces(kube, namespaces)
+
+    top = max((r for r in rows if r["phase"] == "growing"), key=lambda r: r["models"])
+    worst = max(r["rss_mib"] for r in rows if r["models"] == top["models"])
+    met = worst <= GOAL_MIB
+    print(c.table(f"\nOperator memory (VmRSS, median of 5 samples after {args.settle:.0f}s idle); "
+                  f"{args.per_namespace} models per namespace",
+                  ["phase", "models", "namespaces", "RSS MiB", "peak MiB", "seconds"],
+                  [(r["phase"], r["models"], r["namespaces"], r["rss_mib"], r["peak_mib"], r["seconds"])
+                   for r in rows]))
+    print(f"\ngoal ≤ {GOAL_MIB:.0f} MiB at {top['models']}: {'met' if met else 'MISSED'} ({worst:.1f} MiB)")
+    c.emit({"bench": "memory", "levels": rows, "per_namespace": args.per_namespace,
+            "rss_at_top_mib": worst, "top_models": top["models"],
+            "goal": {"rss_mib": GOAL_MIB, "models": 5000}, "met": met})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
