@@ -448,9 +448,11 @@ def test_status_is_written_only_by_the_operator(
     kube_as("bob").apply(md)
     fake = {"conditions": [{"type": "PromotionApproved", "status": "True", "reason": "Approved",
                             "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}  # fmt: skip
-    message = _denied(lambda: kube_as("bob").patch_status(API, "ModelDeployment", ns,
-                                                           "mri-classifier", fake), STATUS_GUARD)  # fmt: skip
-    assert "bob may not change it" in message
+    for user in ("bob", "admin"):
+        message = _denied(lambda u=user: kube_as(u).patch_status(API, "ModelDeployment", ns,
+                                                                  "mri-classifier", fake), STATUS_GUARD)  # fmt: skip
+        assert f"the status of ModelDeployment mri-classifier is written only by the operator " \
+               f"({OPERATOR}); {user} may not change it" in message  # fmt: skip
     operator_kube.patch_status(API, "ModelDeployment", ns, "mri-classifier", fake)
 
 

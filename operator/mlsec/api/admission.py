@@ -29,8 +29,8 @@ What each policy decides:
 - ``mlsec-children-guard``: objects labelled ``app.kubernetes.io/managed-by: mlsec-operator`` are
   changed only by the operator, the cluster's controllers and ``system:masters`` (break-glass);
   ``mlsec-scale-guard`` does the same for the scale subresource of model Deployments.
-- ``mlsec-status-guard``: the status of our kinds is written only by the operator (and
-  ``system:masters``), so nobody can make an object look approved or compliant.
+- ``mlsec-status-guard``: the status of our kinds is written only by the operator, so nobody can
+  make an object look approved or compliant.
 
 Audit and enforce are two policies (not two bindings of one) because a binding's actions apply to
 the whole policy, while the enforcement mode lives in the params (the ledger): each policy is
@@ -557,15 +557,17 @@ def scale_guard(identity: OperatorIdentity) -> Obj:
 
 
 def status_guard(identity: OperatorIdentity) -> Obj:
-    """Only the operator reports: nobody else makes a model look approved or compliant."""
+    """Only the operator reports: nobody (not even a cluster admin) makes a model look approved or
+    compliant. Same rule and message as the webhook's status guard."""
     return _vap(
         STATUS_GUARD,
         rules=[_rule(info, ["UPDATE"], "status") for info in (POLICY, DEPLOYMENT, APPROVAL)],
         validations=[
             {
-                "expression": f"{_is(identity)} || {CLUSTER_ADMIN}",
-                "messageExpression": "'the status of ' + request.kind.kind + ' is written only"
-                " by the operator; ' + " + USER + " + ' may not change it'",
+                "expression": _is(identity),
+                "messageExpression": "'the status of ' + request.kind.kind + ' ' + request.name + "
+                + _lit(f" is written only by the operator ({identity.username}); ")
+                + f" + {USER} + ' may not change it'",
                 "reason": "Forbidden",
             }
         ],

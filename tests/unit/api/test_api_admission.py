@@ -297,7 +297,9 @@ def test_scale_guard_recognises_the_model_deployments_selector() -> None:
 
 
 def test_status_guard_covers_the_status_of_our_kinds() -> None:
-    [*rules] = _vaps()[adm.STATUS_GUARD]["spec"]["matchConstraints"]["resourceRules"]
+    spec = _vaps()[adm.STATUS_GUARD]["spec"]
+    assert spec["validations"][0]["expression"] == f'request.userInfo.username == "{SA}"'
+    rules = spec["matchConstraints"]["resourceRules"]
     assert sorted(r["resources"][0] for r in rules) == [
         "mlsecuritypolicies/status",
         "modelapprovals/status",
