@@ -449,8 +449,8 @@ def test_status_is_written_only_by_the_operator(
     fake = {"conditions": [{"type": "PromotionApproved", "status": "True", "reason": "Approved",
                             "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}  # fmt: skip
     for user in ("bob", "admin"):
-        message = _denied(lambda u=user: kube_as(u).patch_status(API, "ModelDeployment", ns,
-                                                                  "mri-classifier", fake), STATUS_GUARD)  # fmt: skip
+        message = _denied(lambda u=user: kube_as(u).patch_status(
+            API, "ModelDeployment", ns, "mri-classifier", fake), STATUS_GUARD)
         assert f"the status of ModelDeployment mri-classifier is written only by the operator " \
                f"({OPERATOR}); {user} may not change it" in message  # fmt: skip
     operator_kube.patch_status(API, "ModelDeployment", ns, "mri-classifier", fake)
