@@ -4,8 +4,11 @@ e2e scenarios with the operator as a local process."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import uuid
@@ -17,7 +20,8 @@ import pytest
 import yaml
 
 from mlsec.local import env as local
-from mlsec.local import manifests
+from mlsec.local import manifests, procs
+from tests.integration.conftest import OperatorProcess, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm/mlsec-operator"
@@ -169,6 +173,72 @@ def test_operator_permissions_have_no_wildcard_and_no_secret_listing(
     assert can("create", "serviceaccounts/mlsec-operator", "--subresource=token", "-n", namespace)
     assert can("create", "modeldeployments.mlsec.io", "-n", "default")
     assert can("create", "leases.coordination.k8s.io", "-n", namespace)
+
+
+WEBHOOK_CONFIGS = ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
+# Flags the test sets itself: free loopback ports (OperatorProcess adds metrics/health/bind address).
+LOCAL_FLAGS = ("--metrics-port", "--health-port", "--bind-address", "--webhook-port", "--webhook-cert-dir",
+               "--lease-namespace")
+
+
+def test_operator_runs_with_the_chart_args_and_certificate(localenv: local.LocalEnv, namespace: str,
+                                                          crds_installed: None, tmp_path: Path) -> None:
+    """`mlsec run` with the Deployment's arguments and the chart's self-generated certificate (the
+    Secret's files, as mounted): it becomes healthy, serves TLS valid for the webhook Service's
+    name, and registers the webhooks by Service reference with the chart's CA as caBundle."""
+    release = _release()
+    docs = [d for d in yaml.safe_load_all(_render(localenv, namespace, release)) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-webhook"))
+    certs = tmp_path / "webhook-tls"
+    certs.mkdir()
+    for key, value in secret["data"].items():
+        (certs / key).write_bytes(base64.b64decode(value))
+    chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    kept = [a for a in chart_args if not a.startswith(LOCAL_FLAGS)]
+    port = procs.free_port()
+    # The shared Lease: while the session's operator leads, this one only serves webhooks.
+    op = OperatorProcess(localenv, tmp_path, *kept, f"--webhook-port={port}", f"--webhook-cert-dir={certs}",
+                         "--lease-namespace=mlsec-system")
+    try:
+        op.start()
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        host = f"{service['metadata']['name']}.{namespace}.svc"
+
+        def handshake() -> str | None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                        ctx.wrap_socket(raw, server_hostname=host) as tls:
+                    return tls.version()
+            except ConnectionRefusedError:
+                return None  # the webhook server starts after /healthz (readiness waits for it)
+
+        assert wait_until(handshake, timeout=30, what="webhook TLS") in ("TLSv1.2", "TLSv1.3")
+
+        def registered() -> list[dict[str, Any]] | None:
+            hooks = []
+            for kind in WEBHOOK_CONFIGS:
+                got = localenv.kubectl("get", kind, "mlsec.io", "-o", "yaml", check=False)
+                if got.returncode != 0:
+                    return None
+                hooks += (yaml.safe_load(got.stdout) or {}).get("webhooks") or []
+            ours = [h for h in hooks
+                    if (h["clientConfig"].get("service") or {}).get("namespace") == namespace]
+            return ours if ours and len(ours) == len(hooks) else None
+
+        hooks = wait_until(registered, timeout=30, what="webhooks registered by Service")
+        for hook in hooks:  # type: ignore[attr-defined]  # wait_until returns object
+            ref = hook["clientConfig"]["service"]
+            svc_port = service["spec"]["ports"][0]["port"]
+            assert (ref["name"], ref["port"]) == (service["metadata"]["name"], svc_port)
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]) == (certs / "ca.crt").read_bytes()
+            assert hook["timeoutSeconds"] == 5
+            assert all(r["apiGroups"] == ["mlsec.io"] for r in hook["rules"])
+    finally:
+        op.stop()
+        for kind in WEBHOOK_CONFIGS:  # registrations outlive the process
+            localenv.kubectl("delete", kind, "mlsec.io", "--ignore-not-found")
 
 
 def test_e2e_scenarios_on_the_local_environment(localenv: local.LocalEnv, tmp_path: Path) -> None:
