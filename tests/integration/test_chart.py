@@ -117,6 +117,17 @@ def test_rendered_chart_passes_server_side_dry_run(localenv: local.LocalEnv, nam
     assert objects == len([d for d in yaml.safe_load_all(text) if d]), proc.stdout
 
 
+def test_install_yaml_passes_server_side_dry_run(localenv: local.LocalEnv, stub_crds: None) -> None:
+    """manifests/install.yaml as a GitOps tool or `kubectl apply --server-side` would apply it."""
+    localenv.kubectl("create", "namespace", "mlsec-system", check=False)
+    text = (REPO / "manifests/install.yaml").read_text()
+    proc = localenv.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
+                            "--field-manager=mlsec-chart-test", "-f", "-", input=text, check=False)
+    assert proc.returncode == 0, proc.stderr
+    objects = len([line for line in proc.stdout.splitlines() if "(server dry run)" in line])
+    assert objects == len([d for d in yaml.safe_load_all(text) if d]), proc.stdout
+
+
 def _can_i_list(localenv: local.LocalEnv, user: str, namespace: str) -> list[tuple[str, list[str]]]:
     """`kubectl auth can-i --list` as (resource, verbs) rows (resource rows only)."""
     out = localenv.kubectl("auth", "can-i", "--list", "--as", user, "-n", namespace).stdout
