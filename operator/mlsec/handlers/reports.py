@@ -1,0 +1,365 @@
+"""Compliance Reports: one OpenReports ``Report`` per namespace, kept current, written only on change.
+
+What: :func:`mlsec.builders.report.build_report` computes the namespace's Report from its active
+MLSecurityPolicy (spec, status) and its ModelDeployments (spec, status); here we decide when, and
+write it by server-side apply when it differs from the live one. The Report is owned by the
+policy (the garbage collector removes it with the policy).
+
+When: one async kopf daemon per MLSecurityPolicy (only the active policy's daemon on the elected
+leader works) wakes when a ModelDeployment or a policy of its namespace changes (kopf watch events
+→ :func:`mark`) and every :data:`PERIOD` seconds (LDAP freshness is a matter of time). A burst of
+events is collapsed: the daemon waits until the namespace has been quiet for :data:`SETTLE`
+seconds (at most :data:`MAX_DELAY`) and computes at most once per :data:`MIN_INTERVAL` (longer
+after a slow write, see :data:`PACE`), so 200 models created at once cause a handful of writes,
+not 200. The inputs come from kopf's watch
+streams (an index of the models, the policy's live body): computing costs no API call.
+
+Idle: the last Report written (or read) is kept; a recompute that yields the same object writes
+nothing and reads nothing. Every :data:`RESYNC` seconds the live Report is read once, so that an
+edited or deleted Report is put back.
+
+Without the OpenReports CRDs: said once (at start-up, or when they disappear), then the daemons
+only export metrics; the CRDs are looked for again at most every :data:`RECHECK` seconds
+(one list call for the whole operator), and Reports are written as soon as they exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from prometheus_client import Gauge
+
+from mlsec import GROUP, VERSION
+from mlsec.builders import report as rb
+from mlsec.clients.kube import KubeError
+from mlsec.handlers import context, leader
+from mlsec.handlers.metrics import WRITES
+from mlsec.handlers.policy import PLURAL as POLICY_PLURAL
+from mlsec.handlers.policy import active_policy_name
+from mlsec.handlers.settings import CONFIG
+
+log = logging.getLogger(__name__)
+
+MODEL_PLURAL = "modeldeployments"
+SETTLE = 0.3  # seconds without a new event before computing
+MAX_DELAY = 3.0  # ... but never wait longer than this after the first event
+MIN_INTERVAL = 1.0  # at most one computation (and so one write) per namespace per second ...
+PACE = 3.0  # ... and after a write that took W seconds, none for PACE x W (a busy API server
+# takes seconds for a Report of hundreds of KiB: the operator backs off instead of piling on)
+PERIOD = 60.0  # recompute anyway (in memory; LDAP freshness depends on time)
+RESYNC = 300.0  # read the live Report again (someone may have edited or deleted it)
+RECHECK = 300.0  # look for the OpenReports CRDs again while they are missing
+TICK = 2.0  # how often an idle daemon checks whether it was stopped or became active
+
+COMPLIANCE_RESULTS = Gauge(
+    "mlsec_compliance_results",
+    "Compliance results of the namespace's Report, by rule and result (pass, fail, warn, error, skip).",
+    ["namespace", "rule", "result"],
+)
+
+MISSING_MESSAGE = (
+    "OpenReports CRDs (reports.openreports.io, openreports.io/v1alpha1) are not installed: compliance "
+    "Reports are not written; the operator reconciles as usual and exports the results as the "
+    "mlsec_compliance_results metric. Install the CRDs (Helm: --set reports.installCRDs=true; "
+    "clusters running Kyverno have them) and the Reports appear within %d s."
+)
+
+# --- inputs, from kopf's watch streams ---------------------------------------------------------
+
+# name, uid, spec, the parts of status the report reads, being deleted
+ModelEntry = tuple[str, str, dict[str, Any], dict[str, Any], bool]
+
+
+def _status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report reads of a model's status (kept in memory for every model: keep it small)."""
+    out: dict[str, Any] = {
+        "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+                       for c in status.get("conditions") or [] if isinstance(c, Mapping)],
+    }
+    for key in ("children", "vault"):
+        if status.get(key):
+            out[key] = copy.deepcopy(status[key])
+    return out
+
+
+# Async index handlers run in kopf's event loop on every watch event of every object, and silently
+# (an @kopf.on.event handler logs a line per event): they are the triggers too. A deleted object
+# leaves the index without a call; the daemon notices the change in the number of models.
+
+
+@kopf.index(GROUP, VERSION, MODEL_PLURAL)
+async def report_models(namespace: str, name: str, uid: str, meta: kopf.Meta, spec: kopf.Spec,
+                        status: kopf.Status, **_: Any) -> dict[str, ModelEntry]:
+    mark(namespace)
+    return {namespace: (name, uid, dict(spec), _status_subset(status),
+                        bool(meta.get("deletionTimestamp")))}
+
+
+@kopf.index(GROUP, VERSION, POLICY_PLURAL)
+async def report_policy_trigger(namespace: str, **_: Any) -> None:
+    """Indexes nothing: wakes the namespace's daemon on any change of a policy (spec or status)."""
+    mark(namespace)
+
+
+# --- triggers -------------------------------------------------------------------------------------
+
+_dirty: dict[str, asyncio.Event] = {}  # used only in kopf's event loop
+
+
+def _event(namespace: str) -> asyncio.Event:
+    ev = _dirty.get(namespace)
+    if ev is None:
+        ev = _dirty[namespace] = asyncio.Event()
+    return ev
+
+
+def mark(namespace: str) -> None:
+    """The namespace's Report may have changed (call from kopf's event loop)."""
+    _event(namespace).set()
+
+
+# --- are the OpenReports CRDs there? ------------------------------------------------------------
+
+
+class Availability:
+    """Whether the API server serves openreports.io Reports; each change is logged once."""
+
+    def __init__(self) -> None:
+        self.present: bool | None = None
+        self.checked = 0.0  # monotonic time of the last answer
+        self._lock = threading.Lock()
+
+    def usable(self) -> bool:
+        """False while the CRDs are known to be missing and not due for another look."""
+        with self._lock:
+            return self.present is not False or time.monotonic() - self.checked >= RECHECK
+
+    def found(self) -> None:
+        with self._lock:
+            if self.present is False:
+                log.info("OpenReports CRDs found: writing compliance Reports")
+            self.present, self.checked = True, time.monotonic()
+
+    def missing(self) -> None:
+        with self._lock:
+            if self.present is not False:
+                log.warning(MISSING_MESSAGE, RECHECK)
+            self.present, self.checked = False, time.monotonic()
+
+
+AVAILABILITY = Availability()
+
+
+def _reports_missing(exc: KubeError) -> bool:
+    """A 404 on a *list* can only mean the resource type is not served."""
+    return exc.status == 404
+
+
+def probe(namespace: str) -> bool | None:
+    """Look for the CRDs with one (label-selected, usually empty) list; None if the API failed."""
+    try:
+        context.kube().list(rb.REPORT_API_VERSION, rb.REPORT_KIND, namespace, label_selector=rb.SELECTOR)
+    except KubeError as exc:
+        if _reports_missing(exc):
+            AVAILABILITY.missing()
+            return False
+        log.warning("cannot tell whether the OpenReports CRDs are installed: %s", exc)
+        return None
+    AVAILABILITY.found()
+    return True
+
+
+@kopf.on.startup(id="report-crds")
+def _probe_at_startup(**_: Any) -> None:
+    namespace = CONFIG.namespaces[0] if CONFIG.namespaces else CONFIG.lease_namespace
+    try:
+        probe(namespace)
+    except Exception as exc:  # never keep the operator from starting
+        log.warning("cannot tell whether the OpenReports CRDs are installed: %s", exc)
+
+
+# --- one namespace ---------------------------------------------------------------------------------
+
+
+class NamespaceReport:
+    """Computes and writes one namespace's Report; called from one daemon, one call at a time."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.cache: dict[str, Any] | None = None  # the live Report as last written or read
+        self.cache_known = False  # False: read the live Report before comparing
+        self.read_at = 0.0
+        self.metric_rules: set[str] = set()
+        self.last_error = ""
+        self.write_seconds = 0.0  # how long the last write took
+
+    def forget(self) -> None:
+        self.cache, self.cache_known = None, False
+
+    def _read_live(self) -> dict[str, Any] | None:
+        items = context.kube().list(rb.REPORT_API_VERSION, rb.REPORT_KIND, self.namespace,
+                                    label_selector=rb.SELECTOR)
+        AVAILABILITY.found()
+        return next((dict(i) for i in items if i.get("metadata", {}).get("name") == rb.REPORT_NAME), None)
+
+    def recompute(self, policy: rb.ObjectFacts, models: list[rb.ObjectFacts], now: datetime) -> bool:
+        """Bring the Report up to date; True if it was written. Raises KubeError on API failures."""
+        kube = context.kube()
+        if not AVAILABILITY.usable():
+            self.export(rb.build_report(self.namespace, policy, models, None, now)["results"])
+            return False
+        if not self.cache_known or time.monotonic() - self.read_at >= RESYNC:
+            try:
+                self.cache = self._read_live()
+            except KubeError as exc:
+                if not _reports_missing(exc):
+                    raise
+                AVAILABILITY.missing()
+                self.forget()
+                self.export(rb.build_report(self.namespace, policy, models, None, now)["results"])
+                return False
+            self.cache_known, self.read_at = True, time.monotonic()
+        started = time.perf_counter()
+        desired = rb.build_report(self.namespace, policy, models, self.cache, now)
+        self.export(desired["results"])
+        if not rb.differs(self.cache, desired):
+            return False
+        built = time.perf_counter()
+        try:
+            written = kube.apply(desired)
+        except KubeError as exc:
+            self.forget()
+            if exc.status == 404 and probe(self.namespace) is False:
+                return False  # the CRDs went away (said once by probe)
+            raise
+        WRITES.labels(rb.REPORT_KIND).inc()
+        self.cache, self.cache_known = written, True
+        self.write_seconds = time.perf_counter() - built
+        summary = desired["summary"]
+        log.info("Report %s/%s: %s (%d models, %d bytes; computed in %.2fs, written in %.2fs)",
+                 self.namespace, rb.REPORT_NAME,
+                 ", ".join(f"{v} {k}" for k, v in summary.items() if v) or "no results", len(models),
+                 rb.size_bytes(desired), built - started, self.write_seconds)
+        return True
+
+    def export(self, results: Iterable[Mapping[str, Any]]) -> None:
+        """Set mlsec_compliance_results for this namespace: every result for each rule seen."""
+        counts = rb.counts_by_rule(results)
+        rules = {rule for rule, _ in counts}
+        for rule in rules:
+            for result in rb.RESULTS:
+                COMPLIANCE_RESULTS.labels(self.namespace, rule, result).set(counts.get((rule, result), 0))
+        for rule in self.metric_rules - rules:
+            self._remove(rule)
+        self.metric_rules = rules
+
+    def _remove(self, rule: str) -> None:
+        for result in rb.RESULTS:
+            with contextlib.suppress(KeyError):
+                COMPLIANCE_RESULTS.remove(self.namespace, rule, result)
+
+    def retire(self) -> None:
+        """No longer ours to report (policy gone or superseded, leadership lost)."""
+        for rule in self.metric_rules:
+            self._remove(rule)
+        self.metric_rules = set()
+        self.forget()
+
+
+def _policy_facts(body: Mapping[str, Any]) -> rb.ObjectFacts:
+    meta = body.get("metadata") or {}
+    return rb.ObjectFacts(name=str(meta.get("name")), uid=str(meta.get("uid") or ""),
+                          spec=copy.deepcopy(dict(body.get("spec") or {})),
+                          status=copy.deepcopy(dict(body.get("status") or {})))
+
+
+def _model_facts(entries: Iterable[ModelEntry]) -> list[rb.ObjectFacts]:
+    # The index entries are replaced, never changed in place, by kopf: sharing them is safe.
+    return [rb.ObjectFacts(name=name, uid=uid, spec=spec, status=status)
+            for name, uid, spec, status, deleting in entries if not deleting]
+
+
+# --- the daemon ------------------------------------------------------------------------------------
+
+
+async def _wait(event: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
+    """Until ``event`` is set, the daemon is stopped, or ``timeout`` seconds passed."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+# cancellation_backoff: the stop is signalled first; the loop exits at once unless a computation
+# (an API call, bounded by the client's timeouts) is running.
+@kopf.daemon(GROUP, VERSION, POLICY_PLURAL, id="compliance-report", cancellation_backoff=10,
+             cancellation_timeout=30)
+async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str,
+                            report_models: kopf.Index[str, ModelEntry],
+                            policies_by_namespace: kopf.Index[str, Any], **_: Any) -> None:
+    state = NamespaceReport(namespace)
+    loop = asyncio.get_running_loop()
+    event = _event(namespace)
+    active = False
+    last_run = next_due = 0.0
+    count = -1  # models in the index at the last computation (deletions do not call the index)
+    failures = 0
+    try:
+        while not stopped:
+            if not (leader.leading() and active_policy_name(policies_by_namespace, namespace) == name):
+                if active:
+                    state.retire()
+                active = False
+                await stopped.wait(TICK)
+                continue
+            if not active:  # newly responsible: trust nothing cached, compute at once
+                state.forget()
+                active, next_due = True, 0.0
+            if not event.is_set() and loop.time() < next_due \
+                    and len(report_models.get(namespace, [])) == count:
+                await _wait(event, stopped, min(TICK, next_due - loop.time()))
+                continue
+            # Let a burst of events settle (at most MAX_DELAY), then keep to MIN_INTERVAL.
+            woke = loop.time()
+            while not stopped:
+                event.clear()
+                await stopped.wait(SETTLE)
+                if not event.is_set() or loop.time() - woke >= MAX_DELAY:
+                    break
+            pause = last_run + max(MIN_INTERVAL, PACE * state.write_seconds) - loop.time()
+            if pause > 0:
+                await stopped.wait(pause)
+            if stopped:
+                break
+            event.clear()
+            policy = _policy_facts(body)
+            entries = list(report_models.get(namespace, []))
+            count = len(entries)
+            log.debug("recomputing the Report of %s (%d models)", namespace, count)
+            try:
+                await asyncio.to_thread(state.recompute, policy, _model_facts(entries), datetime.now(UTC))
+            except Exception as exc:
+                failures += 1
+                text = f"{type(exc).__name__}: {exc}"
+                if text != state.last_error:
+                    log.warning("compliance Report of %s not updated: %s", namespace, text)
+                state.last_error = text
+                last_run = loop.time()
+                next_due = last_run + min(PERIOD, 2.0 ** min(failures, 6))
+                continue
+            failures, state.last_error = 0, ""
+            last_run = loop.time()
+            next_due = last_run + PERIOD
+    finally:
+        state.retire()
