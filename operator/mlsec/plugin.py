@@ -158,13 +158,18 @@ def render_status(model: dict[str, Any]) -> str:
             lines.append(f"  {type_ + ':':18} {c.get('status')} {c.get('reason')}{stale}: "
                          f"{c.get('message', '')}")
     approvals = status.get("approvals") or []
-    counted = [a for a in approvals if a.get("counted")]
+    counted = [a for a in approvals if a.get("counted") and a.get("decision", "approve") == "approve"]
+    blocking = [a for a in approvals if a.get("counted") and a.get("decision") == "reject"]
     other = [a for a in approvals if not a.get("counted")]
     lines.append(f"  approvals counted ({len(counted)}):")
     lines += [f"    ✓ {a.get('name')}  {a.get('approver', '?')} ({a.get('platformRole', '-')}): "
               f"{a.get('reason', '')}" for a in counted] or ["    (none)"]
-    lines.append(f"  approvals not counted ({len(other)}):")
-    lines += [f"    ✗ {a.get('name')}  {a.get('approver', '?')} [{a.get('decision', 'approve')}]: "
+    if blocking:
+        lines.append(f"  rejections blocking the promotion ({len(blocking)}):")
+        lines += [f"    ✗ {a.get('name')}  {a.get('approver', '?')} ({a.get('platformRole', '-')}): "
+                  f"{a.get('reason', '')}" for a in blocking]
+    lines.append(f"  not counted ({len(other)}):")
+    lines += [f"    - {a.get('name')}  {a.get('approver', '?')} [{a.get('decision', 'approve')}]: "
               f"{a.get('reason', '')}" for a in other] or ["    (none)"]
     missing = status.get("missingApprovals") or []
     lines.append("  missing:     " + ("; ".join(missing) if missing else "nothing"))

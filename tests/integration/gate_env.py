@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import pytest
 import yaml
 
 from mlsec.clients.kube import Kube, KubeError
@@ -59,11 +60,23 @@ def delete_webhook_configs(localenv: local.LocalEnv) -> None:
         localenv.kubectl("delete", kind, "mlsec.io", "--ignore-not-found")
 
 
+def running_shared_operator(request: pytest.FixtureRequest) -> OperatorProcess | None:
+    """The session's operator if an earlier module started it (without starting it otherwise)."""
+    for fixturedef in request._fixturemanager.getfixturedefs("operator", request.node) or ():
+        if getattr(fixturedef, "cached_result", None) is not None:
+            op = request.getfixturevalue("operator")
+            return op if isinstance(op, OperatorProcess) else None
+    return None
+
+
 @contextmanager
-def webhook_operator(localenv: local.LocalEnv, shared: OperatorProcess, workdir: Path,
+def webhook_operator(localenv: local.LocalEnv, shared: OperatorProcess | None, workdir: Path,
                      *flags: str) -> Iterator[OperatorProcess]:
-    """The only operator replica while the module runs, serving the admission webhooks."""
-    shared.stop()
+    """The only operator replica while the module runs, serving the admission webhooks; the
+    session's operator (if running) is stood down meanwhile."""
+    restart = shared is not None and shared.proc is not None and shared.proc.poll() is None
+    if shared is not None:
+        shared.stop()
     port = procs.free_port()
     with native_bindings_suspended(localenv):
         op = OperatorProcess(localenv, workdir, "--webhook-port", str(port), *flags)
@@ -75,7 +88,8 @@ def webhook_operator(localenv: local.LocalEnv, shared: OperatorProcess, workdir:
         finally:
             op.stop()
             delete_webhook_configs(localenv)  # persistent registrations outlive the process
-    shared.start()
+    if shared is not None and restart:
+        shared.start()
 
 
 def _registered(localenv: local.LocalEnv, port: int) -> bool:
@@ -143,13 +157,22 @@ class Gate:
         return {b["metadata"]["labels"]["mlsec.io/platform-role"]: [s["name"] for s in b.get("subjects") or []]
                 for b in items}
 
-    def grant(self, user: str, role: str, name: str | None = None) -> None:
-        """Bind ``user`` to a Role of this namespace directly (besides what LDAP grants)."""
+    def grant(self, user: str, role: str, verb: str, resource: str, name: str | None = None) -> None:
+        """Bind ``user`` to a Role of this namespace directly (besides what LDAP grants), and wait
+        until the authorizer lets them ``verb`` ``resource``."""
         self.admin.create({
             "apiVersion": RBAC, "kind": "RoleBinding",
             "metadata": {"name": name or f"extra-{user}-{role}"[:63], "namespace": self.ns},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+        wait_until(lambda: self.can(user, verb, resource), timeout=10, what=f"{user} may {verb} {resource}")
+
+    def can(self, user: str, verb: str, resource: str) -> bool:
+        resource, _, sub = resource.partition("/")
+        extra = [f"--subresource={sub}"] if sub else []
+        proc = self.localenv.kubectl("auth", "can-i", verb, resource, *extra, "-n", self.ns, "--as", user,
+                                     check=False)
+        return proc.stdout.strip() == "yes"
 
     def role(self, name: str, rules: list[dict[str, Any]]) -> None:
         self.admin.create({"apiVersion": RBAC, "kind": "Role",

@@ -220,7 +220,7 @@ def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
     STATE.failure_policy = webhook.decide_failure_policy(
         cfg.webhook.failure_policy, lambda: webhook.native_policies_served(kube))
     STATE.identity = webhook.operator_identity(cfg, kube)
-    webhook.install_config_rewrite(STATE.failure_policy, cfg.webhook.timeout_seconds)
+    webhook.install_config_rewrite(STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
     settings_.admission.server = webhook.make_server(cfg)
     settings_.admission.managed = webhook.MANAGED
     log.info("admission webhooks on port %s: failurePolicy %s, timeout %ss, operator identity %s",

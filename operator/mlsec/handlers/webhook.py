@@ -11,6 +11,7 @@ a failing or slow operator must never hold up anything outside our API group.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextvars import ContextVar
@@ -89,19 +90,30 @@ class Server(kopf.WebhookServer):
 
 
 def adjust_webhooks(webhooks: list[dict[str, Any]], *, failure_policy: str, timeout: int,
-                    group: str = GROUP) -> list[dict[str, Any]]:
-    """Our registration conventions on top of what kopf builds (pure)."""
+                    exempt: str | None = None, group: str = GROUP) -> list[dict[str, Any]]:
+    """Our registration conventions on top of what kopf builds (pure).
+
+    ``exempt``: the operator's own user name. Its requests never call the webhooks (a CEL match
+    condition, Kubernetes ≥ 1.28): the operator does not depend on itself, so a lone replica that
+    is stopping, starting or restarting can always write its finalizers and status.
+    """
     out = []
     for hook in webhooks:
         rules = [r for r in hook.get("rules") or [] if list(r.get("apiGroups") or []) == [group]]
         if not rules:  # never register anything outside our API group
             continue
-        out.append({**hook, "rules": rules, "failurePolicy": failure_policy,
-                    "timeoutSeconds": max(1, min(30, int(timeout)))})
+        adjusted = {**hook, "rules": rules, "failurePolicy": failure_policy,
+                    "timeoutSeconds": max(1, min(30, int(timeout)))}
+        if exempt:
+            adjusted["matchConditions"] = [{
+                "name": "not-the-operator",
+                "expression": f"request.userInfo.username != {json.dumps(exempt)}",
+            }]
+        out.append(adjusted)
     return out
 
 
-def install_config_rewrite(failure_policy: str, timeout: int) -> None:
+def install_config_rewrite(failure_policy: str, timeout: int, exempt: str | None = None) -> None:
     """Wrap kopf's webhook-configuration builder (module global, looked up at each call)."""
     from kopf._core.engines import admission as engine
 
@@ -111,7 +123,7 @@ def install_config_rewrite(failure_policy: str, timeout: int) -> None:
     @functools.wraps(original)
     def build_webhooks(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         return adjust_webhooks(original(*args, **kwargs), failure_policy=failure_policy,
-                               timeout=timeout)
+                               timeout=timeout, exempt=exempt)
 
     engine.build_webhooks = build_webhooks
 
