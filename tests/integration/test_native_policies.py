@@ -545,3 +545,65 @@ def test_only_the_operator_edits_its_children(
     stored = kube.get("apps/v1", "Deployment", ns, "mri-classifier")
     assert stored is not None and stored["spec"]["replicas"] == 3
     assert bob.delete("v1", "Service", ns, "mri-classifier")
+
+
+# --- without the mutating policies ------------------------------------------------------------
+
+
+def test_without_the_mutating_policies_the_validating_ones_still_hold(
+    localenv: local.LocalEnv, kube: Kube, kube_as: Callable[[str], Kube],
+    publish: Callable[[Obj], None], ns: str
+) -> None:  # fmt: skip
+    """As if MutatingAdmissionPolicy were missing or unbound: a forged approver is refused (not
+    overwritten), and a forged stage label dodges nothing where a ledger exists. Last in the
+    module: it unbinds the mutating policies for a moment and puts them back."""
+    md = r.model(ns)
+    publish(_ledger(ns, pending={"mri-classifier": PENDING}))
+    kube_as("bob").apply(md)
+    approval = {"apiVersion": API, "kind": "ModelApproval",
+                "metadata": {"name": "forged", "namespace": ns},
+                "spec": {"modelDeployment": "mri-classifier", "version": "3",
+                         "imageDigest": _digest_of(md), "decision": "approve"}}  # fmt: skip
+    bindings = "mutatingadmissionpolicybindings"
+    saved = yaml.safe_load(localenv.kubectl("get", bindings, "-l", "app.kubernetes.io/part-of=mlsec-operator",
+                                            "-o", "yaml").stdout)["items"]  # fmt: skip
+    assert {b["metadata"]["name"] for b in saved} == {"mlsec-approver-stamp", "mlsec-stage-label"}
+    localenv.kubectl("delete", bindings, "-l", "app.kubernetes.io/part-of=mlsec-operator")
+    try:
+        carol = kube_as("carol")
+        forged = {**approval, "spec": {**approval["spec"], "approvedBy": "dave"}}
+        wait_until(lambda: "mlsec-approval-stamp-check" in (
+            _refusal(lambda: carol.apply(forged, dry_run=True)) or ""),
+            timeout=30, what="the approver stamp unbound")  # fmt: skip
+        message = _denied(lambda: carol.apply(forged), "mlsec-approval-stamp-check")
+        assert "spec.approvedBy is stamped at admission with the authenticated user (carol)" in message
+        honest = {**approval, "spec": {**approval["spec"], "approvedBy": "carol"}}
+        assert carol.apply(honest)["spec"]["approvedBy"] == "carol"
+
+        dodge = _promoted(md)
+        dodge["metadata"]["labels"] = {"mlsec.io/stage": "staging"}
+        message = _denied(lambda: kube_as("bob").apply(dodge), GATE)
+        assert PENDING in message
+    finally:
+        for b in saved:
+            b["metadata"] = {k: b["metadata"][k] for k in ("name", "labels")}
+        localenv.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                         input=yaml.safe_dump_all(saved))  # fmt: skip
+
+        def stamped() -> bool:
+            probe = {**approval, "metadata": {**approval["metadata"], "name": "probe"},
+                     "spec": {**approval["spec"], "approvedBy": "nobody"}}  # fmt: skip
+            try:
+                return kube.apply(probe, dry_run=True)["spec"]["approvedBy"] == "admin"
+            except KubeError:  # refused by the stamp check until the stamp is back
+                return False
+
+        wait_until(stamped, timeout=30, what="the approver stamp bound again")
+
+
+def _refusal(call: Callable[[], object]) -> str | None:
+    try:
+        call()
+    except KubeError as exc:
+        return exc.message
+    return None

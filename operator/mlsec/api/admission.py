@@ -18,8 +18,10 @@ What each policy decides:
 - ``mlsec-stage-label`` (mutating): labels every ModelDeployment ``mlsec.io/stage=<spec.stage>``.
   The API server resolves a binding's params *before* it evaluates the policy's matchConditions,
   so a ``parameterNotFoundAction: Deny`` binding refuses every request it matches in a namespace
-  without a ledger; the gate's binding therefore matches only objects labelled production (old or
-  new) — staging stays free there, and a production request is refused.
+  without a ledger. The gate therefore has two bindings: ``mlsec-promotion-gate`` (ledger missing:
+  allow) for every ModelDeployment, and ``mlsec-promotion-gate-no-ledger`` (ledger missing: deny)
+  for objects labelled production (old or new) only — staging stays free there, a production
+  request is refused.
 - ``mlsec-promotion-gate-audit``: the same decision for ``enforcement: audit`` namespaces, as an
   API warning (and an audit-log annotation) instead of a denial.
 - ``mlsec-image-rules`` (+ ``-audit``): the policy's registry allow-list and digest pinning.
@@ -69,6 +71,7 @@ LABELS = {"app.kubernetes.io/part-of": "mlsec-operator"}
 
 GATE = "mlsec-promotion-gate"
 GATE_AUDIT = "mlsec-promotion-gate-audit"
+GATE_NO_LEDGER = "mlsec-promotion-gate-no-ledger"  # a second binding of the gate
 IMAGE_RULES = "mlsec-image-rules"
 IMAGE_RULES_AUDIT = "mlsec-image-rules-audit"
 LEDGER_GUARD = "mlsec-ledger-guard"
@@ -178,15 +181,20 @@ def _vap(
 
 
 def _binding(
-    name: str, actions: list[str], *, ledger: str | None = None, object_selector: Obj | None = None
+    name: str,
+    actions: list[str],
+    *,
+    ledger: str | None = None,
+    object_selector: Obj | None = None,
+    policy: str | None = None,
 ) -> Obj:
-    """Binding of the policy of the same name; ``ledger``: what to do when the namespace has no
-    ledger (Deny or Allow), the params being the namespace's own ``promotion-ledger``.
+    """Binding of the policy ``policy`` (default: of the same name); ``ledger``: what to do when
+    the namespace has no ledger (Deny or Allow), the params being its own ``promotion-ledger``.
 
     The API server looks for the params before it evaluates the policy's matchConditions, so a
     binding that denies when there is no ledger denies every request it matches there: such a
     binding narrows what it matches with ``object_selector``."""
-    spec: Obj = {"policyName": name}
+    spec: Obj = {"policyName": policy or name}
     if ledger is not None:
         spec["paramRef"] = {"name": LEDGER_NAME, "parameterNotFoundAction": ledger}
     if object_selector is not None:
@@ -583,9 +591,19 @@ def admission_objects(
         stage_label(),
         stage_label_binding(),
         promotion_gate(),
-        # Production objects only (old or new, by the stamped label): there, no ledger → denied.
-        # Elsewhere a namespace without a ledger is not the gate's business (staging is free).
-        _binding(GATE, ["Deny"], ledger="Deny", object_selector=PRODUCTION_SELECTOR),
+        # Wherever there is a ledger, whatever the labels say.
+        _binding(GATE, ["Deny"], ledger="Allow"),
+        # Fail closed where there is none: for production objects only (old or new, by the stamped
+        # label), since a missing ledger refuses every request the binding matches. Staging stays
+        # free there. (Without the stage label, i.e. without MutatingAdmissionPolicy, this part
+        # degrades to the webhook; the binding above still holds wherever a ledger exists.)
+        _binding(
+            GATE_NO_LEDGER,
+            ["Deny"],
+            ledger="Deny",
+            object_selector=PRODUCTION_SELECTOR,
+            policy=GATE,
+        ),
         promotion_gate(audit=True),
         _binding(GATE_AUDIT, ["Warn", "Audit"], ledger="Allow"),
         image_rules(),

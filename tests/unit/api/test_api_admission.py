@@ -76,7 +76,10 @@ def test_every_policy_has_its_binding() -> None:
         adm.STATUS_GUARD,
     }
     assert set(maps) == {adm.APPROVER_STAMP, adm.STAGE_LABEL}
-    assert {n: b["spec"]["policyName"] for n, b in _bindings().items()} == {n: n for n in vaps}
+    assert {n: b["spec"]["policyName"] for n, b in _bindings().items()} == {
+        **{n: n for n in vaps},
+        adm.GATE_NO_LEDGER: adm.GATE,
+    }
     map_bindings = _by("MutatingAdmissionPolicyBinding")
     assert {n: b["spec"]["policyName"] for n, b in map_bindings.items()} == {n: n for n in maps}
     for o in objs:
@@ -129,15 +132,22 @@ def test_cel_literals_are_balanced() -> None:
 
 
 def test_gate_reads_the_namespace_ledger_and_fails_closed_on_production() -> None:
-    gate, binding = _vaps()[adm.GATE], _bindings()[adm.GATE]
+    gate = _vaps()[adm.GATE]
     assert gate["spec"]["paramKind"] == {"apiVersion": "mlsec.io/v1alpha1", "kind": "PromotionLedger"}
     [rule] = gate["spec"]["matchConstraints"]["resourceRules"]
     assert rule["resources"] == ["modeldeployments"]  # not status: reports never promote
     assert rule["operations"] == ["CREATE", "UPDATE"]
-    assert binding["spec"]["paramRef"] == {"name": LEDGER_NAME, "parameterNotFoundAction": "Deny"}
-    assert binding["spec"]["validationActions"] == ["Deny"]
+    # wherever there is a ledger, whatever the labels
+    binding = _bindings()[adm.GATE]["spec"]
+    assert binding["paramRef"] == {"name": LEDGER_NAME, "parameterNotFoundAction": "Allow"}
+    assert binding["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding
     # params are resolved before matchConditions: Deny-when-missing only for production objects
-    assert binding["spec"]["matchResources"] == {
+    no_ledger = _bindings()[adm.GATE_NO_LEDGER]["spec"]
+    assert no_ledger["policyName"] == adm.GATE
+    assert no_ledger["paramRef"] == {"name": LEDGER_NAME, "parameterNotFoundAction": "Deny"}
+    assert no_ledger["validationActions"] == ["Deny"]
+    assert no_ledger["matchResources"] == {
         "objectSelector": {"matchLabels": {"mlsec.io/stage": "production"}}
     }
     audit = _bindings()[adm.GATE_AUDIT]
