@@ -154,8 +154,8 @@ class Gate:
     def platform_bindings(self) -> dict[str, list[str]]:
         items = self.admin.list(RBAC, "RoleBinding", self.ns,
                                 label_selector="app.kubernetes.io/managed-by=mlsec-operator")
-        return {b["metadata"]["labels"]["mlsec.io/platform-role"]: [s["name"] for s in b.get("subjects") or []]
-                for b in items}
+        return {b["metadata"]["labels"]["mlsec.io/platform-role"]:
+                [s["name"] for s in b.get("subjects") or []] for b in items}
 
     def grant(self, user: str, role: str, verb: str, resource: str, name: str | None = None) -> None:
         """Bind ``user`` to a Role of this namespace directly (besides what LDAP grants), and wait

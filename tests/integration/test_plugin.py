@@ -86,7 +86,7 @@ def test_approve_status_and_promote_as_different_people(ns: Gate) -> None:
     assert out.startswith(f"dave rejected plug version 3 ({digest}) for production")
 
     def blocked() -> str | None:
-        code, out, _ = run(ns, "bob", "status", "plug")
+        _, out, _ = run(ns, "bob", "status", "plug")
         return out if "rejections blocking the promotion (1)" in out else None
 
     out = str(wait_until(blocked, timeout=30, what="dave's rejection in the model's status"))

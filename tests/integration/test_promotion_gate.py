@@ -38,8 +38,10 @@ from .gate_env import (
     webhook_operator,
 )
 
-PHI_RULES = "needs 1 approval from model_approver, 1 approval from compliance_reviewer (required for phi models)"
+PHI_RULES = ("needs 1 approval from model_approver, 1 approval from compliance_reviewer "
+             "(required for phi models)")
 BIN = Path(sys.executable).parent
+OPERATOR = "system:serviceaccount:mlsec-system:mlsec-operator"
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -49,7 +51,8 @@ BIN = Path(sys.executable).parent
 def gate_operator(request: pytest.FixtureRequest, localenv: local.LocalEnv, crds_installed: None,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     # Fail: the fallback configuration, where the webhook alone holds the gate.
-    with webhook_operator(localenv, running_shared_operator(request), tmp_path_factory.mktemp("gate-operator"),
+    with webhook_operator(localenv, running_shared_operator(request),
+                          tmp_path_factory.mktemp("gate-operator"),
                           "--webhook-failure-policy", "Fail", "--webhook-timeout", "5") as op:
         yield op
 
@@ -85,8 +88,8 @@ def expiring(gate_operator: OperatorProcess, localenv: local.LocalEnv,
 
 
 @pytest.fixture(scope="module")
-def gate(expiring: tuple[Gate, float], localenv: local.LocalEnv,
-         admin_client: kubernetes.client.ApiClient, kube_as: Any, ldap_info: dict[str, str]) -> Iterator[Gate]:
+def gate(expiring: tuple[Gate, float], localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient,
+         kube_as: Any, ldap_info: dict[str, str]) -> Iterator[Gate]:
     g = _namespace(localenv, admin_client, kube_as, ldap_info, "gate")
     yield g
     g.delete_namespace()
@@ -135,7 +138,7 @@ def test_webhooks_are_registered_for_mlsec_io_only(gate_operator: OperatorProces
             assert hook["clientConfig"]["caBundle"]
             assert hook["matchConditions"] == [{  # the operator never depends on its own webhook
                 "name": "not-the-operator",
-                "expression": 'request.userInfo.username != "system:serviceaccount:mlsec-system:mlsec-operator"'}]
+                "expression": f'request.userInfo.username != "{OPERATOR}"'}]
             assert {g for rule in hook["rules"] for g in rule["apiGroups"]} == {"mlsec.io"}
     # This API server serves MutatingAdmissionPolicy, so the default (auto) would register Ignore.
     from mlsec.clients.kube import Kube, load_api_client
@@ -196,7 +199,8 @@ def test_approved_by_lead_and_compliance_then_promoted_by_bob(
 
 
 def test_self_approval_by_the_requester_does_not_count(gate: Gate) -> None:
-    gate.grant("carol", "mlsec-model-deployer", "patch", "modeldeployments.mlsec.io")  # carol may also edit ModelDeployments here
+    # carol may also edit ModelDeployments here
+    gate.grant("carol", "mlsec-model-deployer", "patch", "modeldeployments.mlsec.io")
     gate.model("alice", "selfreq")
     gate.counted(gate.approve("carol", "selfreq"))
     gate.counted(gate.approve("dave", "selfreq"))
@@ -235,9 +239,9 @@ def test_an_approval_cannot_name_someone_else(gate: Gate) -> None:
 
 def test_an_approver_without_the_required_role_is_refused(gate: Gate) -> None:
     gate.model("alice", "norole")
-    gate.role("approval-writer", [{"apiGroups": ["mlsec.io"], "resources": ["modelapprovals"],
-                                   "verbs": ["create"]}, {"apiGroups": ["mlsec.io"],
-                                                          "resources": ["modeldeployments"], "verbs": ["get"]}])
+    gate.role("approval-writer", [
+        {"apiGroups": ["mlsec.io"], "resources": ["modelapprovals"], "verbs": ["create"]},
+        {"apiGroups": ["mlsec.io"], "resources": ["modeldeployments"], "verbs": ["get"]}])
     gate.grant("erin", "approval-writer", "create", "modelapprovals.mlsec.io")
     err = gate.refused(lambda: gate.approve("erin", "norole"))
     assert err.status == 403
@@ -256,8 +260,8 @@ def test_a_digest_change_after_approval_needs_new_approvals(gate: Gate) -> None:
 
 def test_a_version_change_in_production_needs_new_approvals(gate: Gate) -> None:
     md = release(gate, "bump")
-    err = gate.refused(lambda: gate.change("bob", "bump", version="3",
-                                           image=md["spec"]["image"].rsplit("@", 1)[0] + "@" + r.digest("v3")))
+    image = md["spec"]["image"].rsplit("@", 1)[0] + "@" + r.digest("v3")
+    err = gate.refused(lambda: gate.change("bob", "bump", version="3", image=image))
     assert f"promotion of bump version 3 to production: {PHI_RULES}; have 0" in err.message
     assert "bound to version 2, release is version 3" in err.message
 
@@ -314,8 +318,8 @@ def test_faked_status_is_refused_and_never_causes_a_rollout(gate: Gate, localenv
     for user in ("bob", "admin"):
         err = gate.refused(lambda u=user: gate.kube_as(u).patch_status(r.API, "ModelDeployment", gate.ns,
                                                                        "faked", fake))
-        assert f"the status of ModelDeployment faked is written only by the operator " \
-               f"(system:serviceaccount:mlsec-system:mlsec-operator); {user} may not change it" in err.message
+        assert f"the status of ModelDeployment faked is written only by the operator ({OPERATOR}); " \
+               f"{user} may not change it" in err.message
 
     # Both admission layers bypassed (the webhook configuration removed, no native policies): a
     # faked status and an unapproved version still do not roll out.
