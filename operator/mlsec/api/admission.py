@@ -159,11 +159,12 @@ def _vap(
     match_conditions: Sequence[tuple[str, str]] = (),
     param_kind: ResourceInfo | None = None,
     object_selector: Obj | None = None,
+    failure_policy: str = "Fail",
 ) -> Obj:
     constraints: Obj = {"resourceRules": rules}
     if object_selector is not None:
         constraints["objectSelector"] = object_selector
-    spec: Obj = {"failurePolicy": "Fail"}
+    spec: Obj = {"failurePolicy": failure_policy}
     if param_kind is not None:
         spec["paramKind"] = {"apiVersion": param_kind.api_version, "kind": param_kind.kind}
     spec["matchConstraints"] = constraints
@@ -533,9 +534,15 @@ def scale_guard(identity: OperatorIdentity) -> Obj:
     Scale does carry is the Deployment's selector. A Deployment selecting exactly
     ``app.kubernetes.io/instance=<its own name>`` in a namespace with a promotion ledger is the
     operator's (the binding allows where there is no ledger). A person's Deployment that happens
-    to look the same can still be scaled through its own spec.replicas."""
+    to look the same can still be scaled through its own spec.replicas.
+
+    Unlike our other policies it matches a kind outside mlsec.io, so it fails open
+    (``failurePolicy: Ignore``): while the PromotionLedger CRD is missing or not yet resolved (the
+    first seconds after `kubectl apply -f crds/`), nobody's Deployments — HPA included — may be
+    kept from scaling by it. RBAC and the operator's drift repair still hold then."""
     return _vap(
         SCALE_GUARD,
+        failure_policy="Ignore",
         rules=[
             {
                 "apiGroups": ["apps"],
