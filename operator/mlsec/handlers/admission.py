@@ -223,6 +223,9 @@ def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
     webhook.install_config_rewrite(STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
     settings_.admission.server = webhook.make_server(cfg)
     settings_.admission.managed = webhook.MANAGED
+    # One access-log line per admission request is noise at API-server rates (kopf already logs
+    # each denial with its reason).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     log.info("admission webhooks on port %s: failurePolicy %s, timeout %ss, operator identity %s",
              cfg.webhook_port, STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
 

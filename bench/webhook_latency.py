@@ -1,0 +1,292 @@
+"""Benchmark: latency of the kopf admission webhooks, straight and through the API server.
+
+    .venv/bin/mlsec local up --dir /tmp/env-bench          # or reuse any running environment
+    .venv/bin/python bench/webhook_latency.py --dir /tmp/env-bench
+
+Starts an operator (`mlsec run --webhook-port …`, as its own ServiceAccount) against the local
+environment, then measures, each as rounds of N requests sent at once:
+
+1. AdmissionReview POSTs straight to the webhook over TLS: the promotion gate deciding a
+   staging → production request (the full decision: policy, approvals index, rules, audit record),
+   and the approver stamp (mutating);
+2. ModelDeployment creates through the API server with our webhooks registered (stamp + gate), and
+   the same without them (the webhook configurations removed for that series): the difference is
+   what the webhook hop costs a user.
+
+The native admission policies' bindings (crds/) are removed while it runs and restored after, so
+the second series measures the webhooks alone. Prints a table and, last, one JSON line. Not part
+of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from mlsec.local import env as local
+from mlsec.local import procs
+
+REPO = Path(__file__).resolve().parents[1]
+API = "mlsec.io/v1alpha1"
+DIGEST = "sha256:" + "a" * 64
+NATIVE = "app.kubernetes.io/part-of=mlsec-operator"
+NATIVE_BINDINGS = "validatingadmissionpolicybindings,mutatingadmissionpolicybindings"
+CONFIGS = ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def summary(name: str, samples: list[float], failures: int) -> dict[str, Any]:
+    return {"series": name, "n": len(samples), "failures": failures,
+            "p50_ms": round(pct(samples, 50) * 1000, 2), "p99_ms": round(pct(samples, 99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(samples) * 1000, 2), "max_ms": round(max(samples) * 1000, 2)}
+
+
+async def burst(session: aiohttp.ClientSession, n: int, request: Any) -> tuple[list[float], int]:
+    """``n`` requests at once; each one's latency (seconds) and how many failed."""
+    start = asyncio.Event()
+
+    async def one(i: int) -> float | None:
+        await start.wait()
+        t0 = time.perf_counter()
+        ok = await request(session, i)
+        return time.perf_counter() - t0 if ok else None
+
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    await asyncio.sleep(0.05)  # all connected and waiting
+    start.set()
+    results = await asyncio.gather(*tasks)
+    return [r for r in results if r is not None], sum(1 for r in results if r is None)
+
+
+def review(uid: str, user: str, groups: list[str], namespace: str, resource: str, operation: str,
+           obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "mlsec.io", "version": "v1alpha1", "kind": obj["kind"]},
+        "resource": {"group": "mlsec.io", "version": "v1alpha1", "resource": resource},
+        "requestKind": {"group": "mlsec.io", "version": "v1alpha1", "kind": obj["kind"]},
+        "name": obj["metadata"]["name"], "namespace": namespace, "operation": operation,
+        "userInfo": {"username": user, "groups": groups}, "object": obj, "oldObject": old,
+        "dryRun": False, "options": {}}}
+
+
+def model(namespace: str, name: str, stage: str = "staging") -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": name, "version": "3", "image": f"registry.hospital.com/ml/{name}@{DIGEST}",
+                     "stage": stage, "dataClassification": "phi", "owner": "alice", "replicas": 1,
+                     "port": 8080}}
+
+
+class Bench:
+    def __init__(self, env: local.LocalEnv, workdir: Path, n: int, rounds: int) -> None:
+        self.env, self.workdir, self.n, self.rounds = env, workdir, n, rounds
+        cfg = yaml.safe_load(env.kubeconfig.read_text())
+        self.server = cfg["clusters"][0]["cluster"]["server"]
+        self.api_ca = base64.b64decode(cfg["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+        self.token = next(u["user"]["token"] for u in cfg["users"] if u["name"] == "admin")
+        self.port = procs.free_port()
+        self.health = procs.free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        return self.env.kubectl(*args, check=check, input=input).stdout
+
+    # --- set-up -----------------------------------------------------------------------------
+    def start_operator(self) -> None:
+        kubeconfig = local.operator_kubeconfig(self.env, self.workdir / "operator.kubeconfig")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        env.pop("VAULT_TOKEN", None)
+        cmd = [sys.executable, "-m", "mlsec", "run", "--metrics-port", "0", "--health-port", str(self.health),
+               "--bind-address", "127.0.0.1", "--webhook-port", str(self.port), "--webhook-failure-policy",
+               "Fail", "--audit-file", str(self.workdir / "audit.jsonl"), "--no-leader-election"]
+        log = open(self.workdir / "operator.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log.close()
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        procs.wait_for("operator", healthy, 60, self.proc.pid, self.workdir / "operator.log")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(f":{self.port}/" in self.kubectl("get", kind, "mlsec.io", "-o", "yaml", check=False)
+                   for kind in CONFIGS):
+                return
+            time.sleep(0.5)
+        raise SystemExit("the operator did not register its webhooks")
+
+    def stop_operator(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def webhook_ca(self) -> str:
+        cfg = yaml.safe_load(self.kubectl("get", "validatingwebhookconfiguration", "mlsec.io", "-o", "yaml"))
+        return base64.b64decode(cfg["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+
+    # --- series -------------------------------------------------------------------------------
+    async def direct(self, namespace: str) -> list[dict[str, Any]]:
+        ctx = ssl.create_default_context(cadata=self.webhook_ca())
+        staging, production = model(namespace, "bench"), model(namespace, "bench", "production")
+        approval = {"apiVersion": API, "kind": "ModelApproval",
+                    "metadata": {"name": "a", "namespace": namespace},
+                    "spec": {"modelDeployment": "bench", "version": "3", "imageDigest": DIGEST,
+                             "decision": "approve", "approvedBy": "dave"}}
+        series = {
+            "webhook direct: promotion gate (deny, audited)": (
+                "deployment-gate", lambda i: review(f"gate-{i}-{uuid.uuid4()}", "bob", ["ml_engineers"],
+                                                    namespace, "modeldeployments", "UPDATE", production,
+                                                    staging)),
+            "webhook direct: approver stamp (mutate)": (
+                "approval-stamp", lambda i: review(f"stamp-{i}-{uuid.uuid4()}", "carol", ["ml_leads"],
+                                                   namespace, "modelapprovals", "CREATE", approval, None)),
+        }
+        out = []
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for name, (path, make) in series.items():
+                url = f"https://127.0.0.1:{self.port}/{path}"
+
+                async def post(s: aiohttp.ClientSession, i: int, url: str = url, make: Any = make) -> bool:
+                    async with s.post(url, json=make(i)) as resp:
+                        body = await resp.json()
+                        return resp.status == 200 and "allowed" in body.get("response", {})
+
+                await burst(session, 10, post)  # warm-up
+                samples, failures = [], 0
+                for _ in range(self.rounds):
+                    got, bad = await burst(session, self.n, post)
+                    samples += got
+                    failures += bad
+                out.append(summary(name, samples, failures))
+        return out
+
+    async def creates(self, namespace: str, label: str) -> dict[str, Any]:
+        ctx = ssl.create_default_context(cadata=self.api_ca)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        url = f"{self.server}/apis/{API}/namespaces/{namespace}/modeldeployments"
+        prefix = uuid.uuid4().hex[:6]
+        counter = iter(range(10**9))
+        errors: list[str] = []
+
+        async def create(s: aiohttp.ClientSession, i: int) -> bool:
+            body = model(namespace, f"m-{prefix}-{next(counter)}")
+            async with s.post(url, json=body, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status != 201 and not errors:
+                    errors.append(f"{resp.status}: {text[:300]}")
+                return resp.status == 201
+
+        samples, failures = [], 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=0)) as session:
+            await burst(session, 10, create)
+            for _ in range(self.rounds):
+                got, bad = await burst(session, self.n, create)
+                samples += got
+                failures += bad
+        if errors:
+            print(f"{label}: first failure: {errors[0]}", file=sys.stderr)
+        if not samples:
+            raise SystemExit(f"{label}: every request failed")
+        return summary(label, samples, failures)
+
+    def run(self) -> list[dict[str, Any]]:
+        saved = yaml.safe_load(self.kubectl("get", NATIVE_BINDINGS, "-l", NATIVE, "-o", "yaml"))["items"]
+        gate_ns, api_ns = f"bench-gate-{uuid.uuid4().hex[:6]}", f"bench-api-{uuid.uuid4().hex[:6]}"
+        results: list[dict[str, Any]] = []
+        try:
+            if saved:
+                self.kubectl("delete", NATIVE_BINDINGS, "-l", NATIVE)
+            self.start_operator()
+            for ns in (gate_ns, api_ns):
+                self.kubectl("create", "namespace", ns)
+            policy = yaml.safe_load((REPO / "manifests/samples/policy-hospital.yaml").read_text())
+            policy["metadata"]["namespace"] = gate_ns
+            policy["spec"].pop("vault", None)
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump(policy))
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump(model(gate_ns, "bench")))
+            time.sleep(2)  # the operator's indexes see the policy and the model
+            results += asyncio.run(self.direct(gate_ns))
+            # api_ns has no policy: the operator's reconcile of the new objects stays cheap.
+            results.append(asyncio.run(self.creates(api_ns, "API create, with the webhooks")))
+            configs = [yaml.safe_load(self.kubectl("get", kind, "mlsec.io", "-o", "yaml"))
+                       for kind in CONFIGS]
+            for kind in CONFIGS:
+                self.kubectl("delete", kind, "mlsec.io")
+            try:
+                results.append(asyncio.run(self.creates(api_ns, "API create, no webhooks")))
+            finally:
+                for cfg in configs:
+                    cfg["metadata"] = {"name": "mlsec.io"}
+                    self.kubectl("create", "-f", "-", input=yaml.safe_dump(cfg))
+        finally:
+            self.stop_operator()
+            for kind in CONFIGS:
+                self.kubectl("delete", kind, "mlsec.io", "--ignore-not-found", check=False)
+            for ns in (gate_ns, api_ns):
+                self.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+            for item in saved:
+                meta = item["metadata"]
+                item["metadata"] = {k: meta[k] for k in ("name", "labels") if k in meta}
+            if saved:
+                self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                             input=yaml.safe_dump_all(saved))
+        return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default=os.environ.get("MLSEC_LOCAL_DIR"),
+                        help="a running local environment (mlsec local up --dir …)")
+    parser.add_argument("-n", type=int, default=100, help="requests sent at once (default 100)")
+    parser.add_argument("--rounds", type=int, default=5, help="bursts per series (default 5)")
+    args = parser.parse_args()
+    if not args.dir:
+        raise SystemExit("--dir (or $MLSEC_LOCAL_DIR): a running `mlsec local up` environment")
+    env = local.LocalEnv.load(Path(args.dir))
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    with tempfile.TemporaryDirectory(prefix="mlsec-bench-") as tmp:
+        results = Bench(env, Path(tmp), args.n, args.rounds).run()
+    load = os.getloadavg()[0]
+    print(f"\nAdmission webhook latency: {args.rounds} bursts of {args.n} concurrent requests per series "
+          f"({os.cpu_count()} CPUs, load average {load:.1f})")
+    print(f"{'series':<50}{'n':>6}{'fail':>6}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'max ms':>9}")
+    for r in results:
+        print(f"{r['series']:<50}{r['n']:>6}{r['failures']:>6}{r['p50_ms']:>9}{r['p99_ms']:>9}"
+              f"{r['mean_ms']:>9}{r['max_ms']:>9}")
+    by = {r["series"]: r for r in results}
+    with_hooks, without = by["API create, with the webhooks"], by["API create, no webhooks"]
+    overhead = {"p50_ms": round(with_hooks["p50_ms"] - without["p50_ms"], 2),
+                "p99_ms": round(with_hooks["p99_ms"] - without["p99_ms"], 2)}
+    print(f"webhook overhead on an API create: p50 {overhead['p50_ms']} ms, p99 {overhead['p99_ms']} ms")
+    print(json.dumps({"benchmark": "webhook_latency", "concurrency": args.n, "rounds": args.rounds,
+                      "load_average": round(load, 1), "results": results, "create_overhead": overhead}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
