@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +20,13 @@ NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 POLICY_UID = "0b6c3c9e-8f1e-4a57-9a41-3c1f5f2b9d10"
 
 
-def _sample(name: str) -> dict[str, Any]:
+@functools.cache
+def _parsed(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load((SAMPLES / name).read_text()))
+
+
+def _sample(name: str) -> dict[str, Any]:
+    return copy.deepcopy(_parsed(name))
 
 
 def digest(seed: str) -> str:
