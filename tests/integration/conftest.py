@@ -108,10 +108,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def crds_installed(localenv: local.LocalEnv) -> None:
-    """Our CRDs, applied from crds/ exactly as a user would."""
+    """Our CRDs and native admission policies, from crds/ as a user applies them; returns once
+    the API server enforces the policies (their parameter kind must be resolvable first)."""
+    install_crds(localenv)
+
+
+def install_crds(localenv: local.LocalEnv) -> float:
+    started = time.monotonic()
     localenv.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     localenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "-l",
                      "app.kubernetes.io/part-of=mlsec-operator")
+    probe = ("apiVersion: mlsec.io/v1alpha1\nkind: ModelDeployment\n"
+             "metadata: {name: probe, namespace: default}\n"
+             "spec: {model: probe, version: '1', image: 'registry.hospital.com/p@sha256:"
+             + "0" * 64 + "', stage: staging, dataClassification: public, owner: nobody}\n")
+
+    def policies_loaded() -> bool:
+        proc = localenv.kubectl("apply", "--dry-run=server", "-f", "-", input=probe, check=False)
+        return "failed to configure policy" not in proc.stderr and "paramKind" not in proc.stderr
+
+    wait_until(policies_loaded, timeout=90, interval=1, what="the admission policies to load")
+    return time.monotonic() - started
 
 
 class OperatorProcess:

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from mlsec.clients.kube import Kube
+from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
 
 from . import resources as r
 from .conftest import OperatorProcess, wait_until
+from .gate_env import native_bindings_suspended
 
 KINDS = [
     ("v1", "ServiceAccount", "mri-classifier"),
@@ -126,23 +127,49 @@ def test_delete_leaves_no_child(operator: OperatorProcess, kube: Kube, namespace
     ("registry.hospital.com/ml/mri-classifier:latest", "images.requireDigest"),
     (f"docker.io/evil/mri@{r.digest('x')}", "images.allowedRegistries"),
 ])
-def test_bad_image_is_not_rolled_out_in_enforce_mode(operator: OperatorProcess, kube: Kube, namespace: str,
-                                                     image: str, rule: str) -> None:
+def test_bad_image_is_refused_and_never_rolled_out_in_enforce_mode(
+    operator: OperatorProcess, kube: Kube, namespace: str, localenv: local.LocalEnv, image: str, rule: str,
+) -> None:
     before = _setup(kube, namespace)
     good_image = before["spec"]["image"]
-    kube.patch(r.API, "ModelDeployment", namespace, "mri-classifier", {"spec": {"image": image}})
+    wait_until(lambda: kube.get(r.API, "PromotionLedger", namespace, "promotion-ledger"),
+               timeout=15, what="the namespace's ledger (the native image rules' parameters)")
+    change = {"spec": {"image": image}}
 
-    def blocked() -> dict[str, Any] | None:
-        obj = kube.get(r.API, "ModelDeployment", namespace, "mri-classifier")
-        return obj if r.has_condition(obj, "PolicyCompliant", "False", "PolicyViolation") else None
+    # First layer: the API server itself refuses the image (ValidatingAdmissionPolicy).
+    def refusal() -> str:
+        try:
+            kube.patch(r.API, "ModelDeployment", namespace, "mri-classifier", change)
+        except KubeError as exc:
+            return exc.message
+        pytest.fail("the API server accepted an image that breaks the policy")
 
-    obj = wait_until(blocked, timeout=15, what="PolicyCompliant=False")
-    message = r.condition(obj, "PolicyCompliant")["message"]  # type: ignore[arg-type,index]
-    assert rule in message
-    assert r.condition(obj, "Ready")["reason"] == "RolloutBlocked"  # type: ignore[arg-type,index]
-    time.sleep(1)
-    live = kube.get("apps/v1", "Deployment", namespace, "mri-classifier")
-    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == good_image  # type: ignore[index]
+    assert rule in refusal()
+
+    # Last layer: with the native policies bypassed, the reconcile still rolls nothing out.
+    with native_bindings_suspended(localenv):
+        wait_until(lambda: _patched(kube, namespace, change), timeout=20,
+                   what="the write accepted once the native bindings are gone")
+
+        def blocked() -> dict[str, Any] | None:
+            obj = kube.get(r.API, "ModelDeployment", namespace, "mri-classifier")
+            return obj if r.has_condition(obj, "PolicyCompliant", "False", "PolicyViolation") else None
+
+        obj = wait_until(blocked, timeout=15, what="PolicyCompliant=False")
+        message = r.condition(obj, "PolicyCompliant")["message"]  # type: ignore[arg-type,index]
+        assert rule in message
+        assert r.condition(obj, "Ready")["reason"] == "RolloutBlocked"  # type: ignore[arg-type,index]
+        time.sleep(1)
+        live = kube.get("apps/v1", "Deployment", namespace, "mri-classifier")
+        assert live["spec"]["template"]["spec"]["containers"][0]["image"] == good_image  # type: ignore[index]
+
+
+def _patched(kube: Kube, namespace: str, change: dict[str, Any]) -> bool:
+    try:
+        kube.patch(r.API, "ModelDeployment", namespace, "mri-classifier", change)
+    except KubeError:
+        return False
+    return True
 
 
 def test_bad_image_is_rolled_out_and_reported_in_audit_mode(operator: OperatorProcess, kube: Kube,
