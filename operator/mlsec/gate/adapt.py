@@ -125,9 +125,11 @@ def ledger_spec(policy: MLSecurityPolicy, models: Mapping[str, Mapping[str, Any]
             verdicts.update({v.name: v for v in decision.verdicts if v.name in bound})
             if i == 0:
                 current[name] = decision
-                if not decision.allowed:
+                if not decision.allowed and len(pending) < 1024:
                     pending[name] = decision.message()[:512]
-            if decision.allowed and release.image_digest:
+            # Bounds of the ledger's schema: 16 releases per model, 1024 models.
+            if decision.allowed and release.image_digest and len(releases.get(name, [])) < 16 \
+                    and (name in releases or len(releases) < 1024):
                 releases.setdefault(name, []).append({
                     "version": release.version,
                     "digest": release.image_digest,

@@ -120,8 +120,10 @@ def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None) ->
     write only what changed."""
     from mlsec.handlers.deployment import policy_in_force  # one module owns policy lookup
 
-    pol, _ = policy_in_force(namespace, indexes)
+    pol, why = policy_in_force(namespace, indexes)
     if pol is None:
+        with _lock(namespace):
+            _block_ledger(namespace, why)
         return {}
     with _lock(namespace):
         models = {name: spec for name, spec in indexes["models_by_namespace"].get(namespace, [])}
@@ -140,12 +142,22 @@ def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None) ->
         else:
             spec, decisions, verdicts = ledger_spec(pol, models, approvals, now, blocked)
         _ledgers[namespace] = spec
-        _write_ledger(namespace, spec, indexes)
+        _write_ledger(namespace, spec)
         _write_approval_statuses(namespace, verdicts, indexes, only if cached is not None else None)
     return decisions
 
 
-def _write_ledger(namespace: str, spec: dict[str, Any], indexes: dict[str, Any]) -> None:
+def _block_ledger(namespace: str, why: str) -> None:
+    """No valid policy any more: the ledger refuses every promotion (it is never deleted by us,
+    and its guard keeps others from deleting it while the namespace lives)."""
+    live = context.kube().get(API, LEDGER_KIND, namespace, LEDGER_NAME)
+    if live is None or (live.get("spec") or {}).get("blocked") == why[:512]:
+        return
+    _ledgers.pop(namespace, None)
+    _write_ledger(namespace, {**live["spec"], "blocked": why[:512]})
+
+
+def _write_ledger(namespace: str, spec: dict[str, Any]) -> None:
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     kube = context.kube()
     if namespace not in _written:
@@ -155,12 +167,11 @@ def _write_ledger(namespace: str, spec: dict[str, Any], indexes: dict[str, Any])
                 json.dumps(live.get("spec") or {}, sort_keys=True).encode()).hexdigest()
     if _written.get(namespace) == digest:
         return
-    entry = policy.active_policy(indexes["policies_by_namespace"], namespace)
-    owner = [{"apiVersion": API, "kind": "MLSecurityPolicy", "name": entry[1], "uid": entry[4],
-              "controller": True, "blockOwnerDeletion": True}] if entry else []
+    # No owner reference: the ledger outlives its policy (then blocking every promotion); the
+    # ledger guard lets it go only with its namespace.
     body = {
         "apiVersion": API, "kind": LEDGER_KIND,
-        "metadata": {"name": LEDGER_NAME, "namespace": namespace, "ownerReferences": owner,
+        "metadata": {"name": LEDGER_NAME, "namespace": namespace,
                      "labels": {"app.kubernetes.io/managed-by": "mlsec-operator"}},
         "spec": spec,
     }
