@@ -23,13 +23,14 @@ from typing import Any
 
 import yaml
 
-from mlsec.local import build, pki, procs, slapd
+from mlsec.local import build, pki, postgres, procs, slapd
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
 # Groups the API server authenticates each person with (their LDAP groups, so the promotion gate
 # has a fallback source of platform roles until LDAP sync runs).
 USER_GROUPS = {u: groups for u, (_, groups) in slapd.PEOPLE.items()}
-STOP_ORDER = ("operator", "kube-controller-manager", "kube-apiserver", "openbao", "slapd", "etcd")
+STOP_ORDER = ("operator", "kube-controller-manager", "kube-apiserver", "openbao", "postgres", "slapd",
+              "etcd")
 VAULT_AUDIENCE = "vault"
 
 
@@ -52,6 +53,8 @@ class LocalEnv:
     ldap_admin_password: str = ""
     ldap_user_password: str = ""
     vault_token: str = ""
+    pg_password: str = ""
+    pg_dir: str = ""  # the PostgreSQL cluster (owned by the postgres user, outside ``dir``)
     bins: dict[str, str] = field(default_factory=dict)
     started_at: float = 0.0
 
@@ -79,6 +82,10 @@ class LocalEnv:
     @property
     def vault_addr(self) -> str:
         return f"http://127.0.0.1:{self.ports['openbao']}"
+
+    @property
+    def pg_url(self) -> str:
+        return postgres.url(self.ports["postgres"], self.pg_password)
 
     @property
     def audit_log(self) -> Path:
@@ -115,6 +122,7 @@ class LocalEnv:
             "MLSEC_LDAP_BIND_PASSWORD": self.ldap_admin_password,
             "MLSEC_LDAP_USER_PASSWORD": self.ldap_user_password,
             "MLSEC_LOCAL_DIR": str(self.dir),
+            "MLSEC_PG_URL": self.pg_url,
             "PATH": f"{path_add}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
@@ -148,6 +156,9 @@ class LocalEnv:
         finally:
             conn.unbind()
 
+    def pg_ready(self) -> bool:
+        return postgres.ready(self.ports["postgres"])
+
     def kcm_ready(self) -> bool:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -160,7 +171,7 @@ class LocalEnv:
         probes = {
             "etcd": self.etcd_ready, "kube-apiserver": self.api_ready,
             "kube-controller-manager": self.kcm_ready, "slapd": self.ldap_ready,
-            "openbao": self.vault_ready,
+            "openbao": self.vault_ready, "postgres": self.pg_ready,
         }
         out: dict[str, bool] = {}
         for name, probe in probes.items():
@@ -335,7 +346,8 @@ OPERATOR_SERVICE_ACCOUNT = "mlsec-operator"
 OPERATOR_VAULT_ROLE = "mlsec-operator"  # also the name of its Vault policy
 
 
-def operator_vault_policy(k8s_mount: str = "kubernetes", transit_mount: str = "transit") -> str:
+def operator_vault_policy(k8s_mount: str = "kubernetes", transit_mount: str = "transit",
+                          ldap_mount: str = "ldap") -> str:
     """What the operator itself may do in Vault: manage mlsec-* model policies, roles and keys."""
     return f"""# mlsec-operator: per-model ACL policies and Kubernetes auth roles (mlsec-<namespace>-<model>).
 path "sys/policies/acl/mlsec-*" {{
@@ -344,6 +356,20 @@ path "sys/policies/acl/mlsec-*" {{
 
 path "auth/{k8s_mount}/role/mlsec-*" {{
   capabilities = ["create", "read", "update", "delete"]
+}}
+
+# People's access (spec.vault.ldapAuthMount): mlsec-<namespace>-<role> policies (above) and the
+# LDAP auth group entries that carry them; mlsec only adds and removes its own names there.
+path "sys/policies/acl" {{
+  capabilities = ["list"]
+}}
+
+path "auth/{ldap_mount}/groups" {{
+  capabilities = ["list"]
+}}
+
+path "auth/{ldap_mount}/groups/*" {{
+  capabilities = ["create", "read", "update", "list"]
 }}
 
 # Transit keys of pii/phi models: created, never deleted (encrypted data must stay readable).
@@ -374,8 +400,10 @@ def _configure_openbao(env: LocalEnv) -> None:
     import hvac
 
     client = hvac.Client(url=env.vault_addr, token=env.vault_token)
-    if "kubernetes/" not in client.sys.list_auth_methods()["data"]:
+    methods = client.sys.list_auth_methods()["data"]
+    if "kubernetes/" not in methods:
         client.sys.enable_auth_method("kubernetes")
+    _configure_openbao_people(env, client, "ldap/" in methods)
     client.auth.kubernetes.configure(
         kubernetes_host=env.api_server,
         kubernetes_ca_cert=env.ca_file.read_text(),
@@ -397,6 +425,44 @@ def _configure_openbao(env: LocalEnv) -> None:
         "audience": VAULT_AUDIENCE, "alias_name_source": "serviceaccount_uid",
         "token_policies": [OPERATOR_VAULT_ROLE], "token_ttl": "15m", "token_max_ttl": "1h",
     })
+
+
+def _configure_openbao_people(env: LocalEnv, client: Any, ldap_enabled: bool) -> None:
+    """Issue 12: LDAP auth against our slapd (ldaps, our CA), the database engine on our
+    PostgreSQL with role mri-preprocessing-role, and transit."""
+    if not ldap_enabled:
+        client.sys.enable_auth_method("ldap")
+    client.write_data("auth/ldap/config", data={
+        "url": env.ldap_url, "certificate": env.ca_file.read_text(), "insecure_tls": False,
+        "binddn": slapd.ADMIN_DN, "bindpass": env.ldap_admin_password,
+        "userdn": slapd.USERS_OU, "userattr": "uid", "groupdn": slapd.GROUPS_OU,
+        "groupfilter": "(&(objectClass=groupOfNames)(member={{.UserDN}}))", "groupattr": "cn",
+        "token_ttl": "1h",
+    })
+    engines = client.sys.list_mounted_secrets_engines()["data"]
+    if "transit/" not in engines:
+        client.sys.enable_secrets_engine("transit", path="transit")
+    if "database/" not in engines:
+        client.sys.enable_secrets_engine("database", path="database")
+    client.write_data("database/config/postgresql", data={
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:"
+                          f"{env.ports['postgres']}/{postgres.DATABASE}?sslmode=disable",
+        "username": postgres.SUPERUSER, "password": env.pg_password,
+        "allowed_roles": [postgres.DB_ROLE], "password_authentication": "scram-sha-256",
+    })
+    client.write_data(f"database/roles/{postgres.DB_ROLE}", data={
+        "db_name": "postgresql", "creation_statements": postgres.CREATION_STATEMENTS,
+        "default_ttl": "1h", "max_ttl": "24h",
+    })
+
+
+def _postgres_setup(env: LocalEnv, timeout: float) -> None:
+    root = postgres.make_cluster(env.pg_password)
+    env.pg_dir = str(root)
+    env.pids["postgres"] = postgres.start(root, env.ports["postgres"], env.dir / "logs")
+    procs.wait_for("postgres", lambda: postgres.ready(env.ports["postgres"]), timeout,
+                   env.pids["postgres"], env.dir / "logs" / "postgres.log")
 
 
 def _apply_crds(env: LocalEnv) -> None:
@@ -426,17 +492,21 @@ def up(directory: Path | None = None, *, timeout: float = 90.0) -> LocalEnv:
     env = LocalEnv(
         dir=directory, bins=bins, started_at=time.time(),
         ports={n: procs.free_port() for n in (
-            "etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "ldap", "ldaps", "openbao")},
+            "etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "ldap", "ldaps", "openbao",
+            "postgres")},
         tokens={u: secrets.token_urlsafe(24) for u in ("admin", *USERS)},
         ldap_admin_password=secrets.token_urlsafe(18),
         ldap_user_password=secrets.token_urlsafe(12),
         vault_token=f"root-{secrets.token_hex(12)}",
+        pg_password=secrets.token_urlsafe(18),
     )
     _write_pki(env)
     env.kubeconfig.touch(mode=0o600)
     env.kubeconfig.write_text(yaml.safe_dump(_kubeconfig(env)))
     logs = directory / "logs"
+    pool = ThreadPoolExecutor(3)
     try:
+        pg_done = pool.submit(_postgres_setup, env, timeout)
         _start_etcd(env)
         _start_slapd(env)
         _start_openbao(env)
@@ -444,7 +514,7 @@ def up(directory: Path | None = None, *, timeout: float = 90.0) -> LocalEnv:
         procs.wait_for("etcd", env.etcd_ready, timeout, env.pids["etcd"], logs / "etcd.log")
         _start_apiserver(env)
         env.save()
-        with ThreadPoolExecutor(2) as pool:
+        with pool:
             ldap_done = pool.submit(_ldap_setup, env, timeout)
             procs.wait_for("kube-apiserver", env.api_ready, timeout, env.pids["kube-apiserver"],
                            logs / "kube-apiserver.log")
@@ -452,12 +522,15 @@ def up(directory: Path | None = None, *, timeout: float = 90.0) -> LocalEnv:
             env.save()
             crds_done = pool.submit(_apply_crds, env)
             procs.wait_for("openbao", env.vault_ready, timeout, env.pids["openbao"], logs / "openbao.log")
+            pg_done.result()
+            env.save()
             _configure_openbao(env)
             procs.wait_for("kube-controller-manager", env.kcm_ready, timeout,
                            env.pids["kube-controller-manager"], logs / "kube-controller-manager.log")
             ldap_done.result()
             crds_done.result()
     except BaseException:
+        pool.shutdown(wait=True)
         env.save()
         down(directory)
         raise
@@ -484,6 +557,9 @@ def down(directory: Path | None = None) -> list[str]:
         if pid and procs.alive(pid):
             procs.stop(pid)
             stopped.append(name)
+    if env.pg_dir:
+        postgres.remove(env.pg_dir)
+        env.pg_dir = ""
     env.pids = {}
     env.save()
     return stopped
