@@ -54,6 +54,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="MLSEC_FUZZ_EX
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 UID = "6f1c1a52-0b7e-4a57-9a41-3c1f5f2b9d10"
 
@@ -97,7 +98,10 @@ def test_valid_specs_build_children_without_crash(spec: dict[str, Any], pol: dic
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == namespace
-        assert len(meta["name"]) <= 63 and DNS1035.match(meta["name"]), meta["name"]
+        if child["kind"] == "Service":  # a DNS-1035 label; every other kind: a DNS subdomain
+            assert len(meta["name"]) <= 63 and DNS1035.match(meta["name"]), meta["name"]
+        else:
+            assert len(meta["name"]) <= 253 and DNS_SUBDOMAIN.match(meta["name"]), meta["name"]
         assert meta["ownerReferences"][0]["uid"] == UID
         for key, value in meta["labels"].items():
             assert len(value) <= 63 and LABEL_VALUE.match(value), (key, value)
