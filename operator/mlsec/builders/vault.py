@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from mlsec.api import MLSecurityPolicy, ModelDeployment, TLSSpec
+from mlsec.api import DataClassification, MLSecurityPolicy, ModelDeployment, TLSSpec
 from mlsec.builders.naming import namespace_of, service_account_name
 
 NAME_PREFIX = "mlsec"
@@ -31,6 +31,9 @@ AUDIENCE = "vault"
 TOKEN_TTL_SECONDS = 15 * 60
 TOKEN_MAX_TTL_SECONDS = 60 * 60
 PKI_MOUNT = "pki"
+TRANSIT_MOUNT = "transit"
+# Models trained on or serving these get their own transit key (kept when the model is deleted).
+TRANSIT_CLASSIFICATIONS = frozenset({DataClassification.PII, DataClassification.PHI})
 # The model pod runs as the distroless "nonroot" user (mlsec.builders.workload.NONROOT_ID; not
 # imported because workload imports this module). The agent writes the secret files as the same
 # user, so the model can read them and nothing runs as root.
@@ -114,13 +117,31 @@ def requested_paths(md: ModelDeployment) -> list[str]:
     return list(grants(md))
 
 
-def policy_hcl(md: ModelDeployment) -> str:
+def needs_transit_key(md: ModelDeployment) -> bool:
+    """pii/phi models get their own transit key (``mlsec-<namespace>-<model>``)."""
+    return md.spec.data_classification in TRANSIT_CLASSIFICATIONS
+
+
+def transit_key_name(md: ModelDeployment) -> str:
+    return vault_name(md)
+
+
+def transit_grants(md: ModelDeployment, mount: str = TRANSIT_MOUNT) -> dict[str, list[str]]:
+    """Encrypt and decrypt with exactly the model's own key (nothing on other keys, no key
+    reads, no export, no rotation): empty unless the model is pii/phi."""
+    if not needs_transit_key(md):
+        return {}
+    key = transit_key_name(md)
+    return {f"{mount}/decrypt/{key}": ["update"], f"{mount}/encrypt/{key}": ["update"]}
+
+
+def policy_hcl(md: ModelDeployment, transit_mount: str = TRANSIT_MOUNT) -> str:
     """The policy text. Paths cannot hold quotes or braces (API pattern): nothing to escape."""
     lines = [
         f"# Managed by mlsec-operator for ModelDeployment {namespace_of(md)}/{md.metadata.name}.",
         "# Rewritten on every change: edit the ModelDeployment's secrets or tls instead.",
     ]
-    for path, caps in grants(md).items():
+    for path, caps in {**grants(md), **transit_grants(md, transit_mount)}.items():
         quoted = ", ".join(f'"{c}"' for c in caps)
         lines += ["", f'path "{path}" {{', f"  capabilities = [{quoted}]", "}"]
     return "\n".join(lines) + "\n"

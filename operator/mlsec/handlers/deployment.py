@@ -165,7 +165,8 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         conds.append(Cond("VaultReady", outcome.ok, outcome.reason, outcome.message))
         if outcome.ok:
             vault_fields = {"vault": {k: v for k, v in (("role", outcome.role),
-                                                         ("policy", outcome.policy_name)) if v}}
+                                                         ("policy", outcome.policy_name),
+                                                         ("transitKey", outcome.transit_key)) if v}}
         elif enforce:
             conds.append(Cond("Ready", False, "VaultNotReady",
                               f"not rolled out until Vault is ready: {outcome.message}"))

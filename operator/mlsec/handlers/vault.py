@@ -67,6 +67,7 @@ class VaultOutcome:
     message: str
     role: str | None = None
     policy_name: str | None = None
+    transit_key: str | None = None  # pii/phi models: their transit key (kept after deletion)
     written: tuple[str, ...] = ()  # what had to be written ("policy ...", "role ..."); () if in sync
 
 
@@ -174,7 +175,13 @@ def ensure(md: ModelDeployment, policy: MLSecurityPolicy, client: Vault | None =
                 False, "VaultNameConflict",
                 f"Vault role auth/{mount}/role/{name} exists and is bound to {bound}, not to this "
                 "model's ServiceAccount; it is left alone (rename the ModelDeployment)")
-        text = build.policy_hcl(md)
+        transit_key = None
+        if build.needs_transit_key(md):
+            # Before the policy that grants it: never a policy naming a key that does not exist.
+            transit_key = build.transit_key_name(md)
+            if client.ensure_transit_key(vault.transit_mount, transit_key):
+                written.append(f"transit key {vault.transit_mount}/keys/{transit_key}")
+        text = build.policy_hcl(md, vault.transit_mount)
         if client.read_policy(name) != text:
             client.write_policy(name, text)
             written.append(f"policy {name}")
@@ -188,7 +195,7 @@ def ensure(md: ModelDeployment, policy: MLSecurityPolicy, client: Vault | None =
     if written:
         _audit(EventType.VAULT_ROLE_WRITTEN, md, policy, mount, "WRITE", written)
     return VaultOutcome(True, "Written" if written else "InSync", _describe(md, mount),
-                        role=name, policy_name=name, written=tuple(written))
+                        role=name, policy_name=name, transit_key=transit_key, written=tuple(written))
 
 
 # --- removal ------------------------------------------------------------------------------------
@@ -279,6 +286,39 @@ def _release(body: kopf.Body, retry: int, *, deleting: bool) -> None:
     if removed:
         _audit(EventType.VAULT_ROLE_REMOVED, md, None, None, "DELETE", removed)
         kopf.event(body, type="Normal", reason="VaultCleanedUp", message=f"removed {', '.join(removed)}")
+    if deleting and _had_transit_key(body):
+        _retained(md, body)
+
+
+def _had_transit_key(body: kopf.Body) -> bool:
+    spec = body.get("spec") or {}
+    status_vault = (body.get("status") or {}).get("vault") or {}
+    return (str(spec.get("dataClassification", "")) in {c.value for c in build.TRANSIT_CLASSIFICATIONS}
+            or bool(status_vault.get("transitKey")))
+
+
+def _retained(md: ModelDeployment, body: kopf.Body) -> None:
+    """The model is gone, its transit key stays (data encrypted with it must stay readable):
+    say so in the audit log and an event. ``mlsec vault delete-transit-key`` removes it on purpose."""
+    key = build.transit_key_name(md)
+    namespace = namespace_of(md)
+    mount = build.TRANSIT_MOUNT
+    found = _policy_from_api(namespace)
+    if found is not None and found.spec.vault is not None:
+        mount = found.spec.vault.transit_mount
+    context.audit().record(
+        EventType.VAULT_KEY_RETAINED,
+        resource=Resource(type="VaultTransitKey", name=key, namespace=namespace),
+        action=Action(type="RETAIN", details={
+            "model_deployment": md.metadata.name, "key": f"{mount}/keys/{key}",
+            "why": "data encrypted with the key must stay readable after the model is deleted",
+            "remove_with": f"mlsec vault delete-transit-key {namespace} {md.metadata.name}"}),
+        result=Result(status="SUCCESS"),
+        context=Context(policy=None),
+    )
+    kopf.event(body, type="Normal", reason="VaultTransitKeyRetained",
+               message=f"transit key {mount}/keys/{key} kept: data encrypted with it stays readable "
+                       f"(remove on purpose: mlsec vault delete-transit-key {namespace} {md.metadata.name})")
 
 
 def _uses_vault(body: kopf.Body, **_: Any) -> bool:

@@ -28,6 +28,14 @@ path "pki/issue/ml-serving-cert" {
 path "secret/data/ml-models/mri-classifier" {
   capabilities = ["read"]
 }
+
+path "transit/decrypt/mlsec-radiology-ml-mri-classifier" {
+  capabilities = ["update"]
+}
+
+path "transit/encrypt/mlsec-radiology-ml-mri-classifier" {
+  capabilities = ["update"]
+}
 """
 
 KV = "secret/data/ml-models/mri-classifier"
@@ -46,10 +54,19 @@ def test_policy_hcl_of_the_sample_is_exact() -> None:
     assert v.policy_hcl(make_md()) == SAMPLE_HCL
 
 
+def test_transit_stanza_only_for_pii_and_phi_on_the_own_key() -> None:
+    assert "transit/" not in v.policy_hcl(make_md(dataClassification="internal"))
+    pii = v.policy_hcl(make_md(dataClassification="pii", name="other"), "kms")
+    assert 'path "kms/encrypt/mlsec-radiology-ml-other"' in pii
+    assert 'path "kms/decrypt/mlsec-radiology-ml-other"' in pii
+    assert "mri-classifier" not in pii.split("transit")[0].split("kms/")[-1]
+    assert v.transit_grants(make_md(dataClassification="confidential")) == {}
+
+
 def test_policy_grants_exactly_the_listed_paths() -> None:
     md = make_md(tls=None, secrets=[{"name": "a", "path": KV}])
     assert v.grants(md) == {KV: ["read"]}
-    assert v.policy_hcl(md).count("path ") == 1
+    assert v.policy_hcl(md).count("path ") == 1 + len(v.transit_grants(md))
     # nothing but secrets and tls: no globs, no metadata paths, no extra capabilities
     md = make_md(secrets=[], tls={"pkiRole": "ml-serving-x", "commonName": "a.b"})
     assert v.grants(md) == {"pki/issue/ml-serving-x": ["update"]}

@@ -26,6 +26,7 @@ class MemoryVault:
     def __init__(self) -> None:
         self.policies: dict[str, str] = {}
         self.roles: dict[tuple[str, str], dict[str, Any]] = {}
+        self.keys: set[tuple[str, str]] = set()  # transit keys: created, never deleted
         self.writes: list[str] = []
         self.down = False
         self.deny = False
@@ -65,6 +66,14 @@ class MemoryVault:
         self._check("delete", f"auth/{mount}/role/{name}")
         self.roles.pop((mount, name), None)
         self.writes.append(f"-role {name}")
+
+    def ensure_transit_key(self, mount: str, name: str) -> bool:
+        self._check("read", f"{mount}/keys/{name}")
+        if (mount, name) in self.keys:
+            return False
+        self._check("create", f"{mount}/keys/{name}")
+        self.keys.add((mount, name))
+        return True
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +156,8 @@ def test_outage_and_missing_rights_are_outcomes_not_exceptions() -> None:
     v.down, v.deny = False, True
     denied = ensure(v)
     assert (denied.ok, denied.reason) == (False, "VaultForbidden")
-    assert f"sys/policies/acl/{NAME}" in denied.message
+    # the sample is phi: its transit key comes first (the policy never names a missing key)
+    assert f"transit/keys/{NAME}" in denied.message
 
 
 def test_remove_is_idempotent() -> None:
