@@ -352,7 +352,9 @@ async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namesp
             except Exception as exc:
                 failures += 1
                 text = f"{type(exc).__name__}: {exc}"
-                if text != state.last_error:
+                if isinstance(exc, KubeError) and "being terminated" in exc.message:
+                    log.debug("namespace %s is going away: no Report", namespace)
+                elif text != state.last_error:
                     log.warning("compliance Report of %s not updated: %s", namespace, text)
                 state.last_error = text
                 last_run = loop.time()
