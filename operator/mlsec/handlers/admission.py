@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 class State:
     identity: str | None = None  # the operator's own user name (status writes)
     failure_policy: str | None = None
+    indexed: bool = False  # kopf has listed every indexed kind (approvals, models, policies)
 
 
 STATE = State()
@@ -159,6 +160,11 @@ async def deployment_gate(operation: str, namespace: str, name: str | None, user
     decision = promotion.decide(namespace, name, dict(spec), user, pol, indexes)
     if not decision.allowed:
         problems.append(review.denial_message(name, spec, decision))
+    if not problems and not STATE.indexed:
+        # kopf starts serving before its initial listings are complete: an approval index that is
+        # still filling could be missing a reject. Only an allow can be wrong; deny until ready.
+        problems.append("the operator has just started and is still loading approvals and policies: "
+                        "retry in a few seconds")
     if not problems:
         _record(EventType.PROMOTION_ALLOWED, namespace, name, spec, user, groups, decision.message(),
                 pol, dryrun, decision)
@@ -210,6 +216,12 @@ async def status_guard(userinfo: Mapping[str, Any], resource: Any, name: str | N
                 f"({STATE.identity or 'its ServiceAccount'}); {user} may not change it")
 
 
+async def indexes_ready(**_: Any) -> None:
+    """Called by kopf only once every index is populated (kopf holds resource handlers until
+    then); a namespace without any MLSecurityPolicy never promotes, so a policy event suffices."""
+    STATE.indexed = True
+
+
 # --- registration -----------------------------------------------------------------------------
 
 
@@ -247,6 +259,7 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
                    **common)(deployment_stamp)
     kopf.on.validate(GROUP, VERSION, MODELS, id="deployment-gate", operations=["CREATE", "UPDATE"],
                      side_effects=True, **common)(deployment_gate)
+    kopf.on.event(GROUP, VERSION, POLICIES, id="admission-indexes-ready", registry=reg)(indexes_ready)
     for plural in (MODELS, APPROVALS, POLICIES):
         kopf.on.validate(GROUP, VERSION, plural, id=f"status-guard-{plural}", subresource="status",
                          operations=["UPDATE"], **common)(status_guard)

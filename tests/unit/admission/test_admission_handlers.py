@@ -62,6 +62,11 @@ class World:
                 "approvals_by_namespace": {NS: self.approvals}}
 
 
+@pytest.fixture(autouse=True)
+def indexed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission.STATE, "indexed", True)
+
+
 @pytest.fixture
 def audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "audit.jsonl"
@@ -126,6 +131,16 @@ def test_promotion_with_the_approvals_is_allowed_and_recorded(audit: Path) -> No
     assert rec["event_type"] == "PROMOTION_ALLOWED"
     assert rec["result"]["reason"] == "approved by carol (model_approver), dave (compliance_reviewer)"
     assert rec["action"]["details"]["approvedBy"] == ["carol", "dave"]
+
+
+def test_no_allow_before_the_indexes_are_loaded(audit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission.STATE, "indexed", False)
+    world = World()
+    world.approvals = [_approval("a1", "carol"), _approval("a2", "dave")]
+    assert denied(lambda: gate(world, "bob", _model(stage="production"), _model())) == (
+        "the operator has just started and is still loading approvals and policies: retry in a few seconds")
+    run(admission.indexes_ready())
+    gate(world, "bob", _model(stage="production"), _model())
 
 
 def test_dry_run_decides_but_records_nothing(audit: Path) -> None:
