@@ -340,3 +340,48 @@ class Vault:
         """Enabled audit devices by path (needs ``read`` and ``sudo`` on sys/audit)."""
         return self._call("list", "sys/audit",
                           lambda c: dict(c.sys.list_enabled_audit_devices()["data"]))
+
+    # --- people: ACL policy listing and LDAP auth group entries (issue 12) ---------------------
+    def list_policies(self) -> list[str]:
+        """Names of all ACL policies (needs ``list`` on sys/policies/acl)."""
+
+        def run(c: hvac.Client) -> list[str]:
+            try:
+                return [str(k) for k in c.adapter.list("/v1/sys/policies/acl")["data"]["keys"]]
+            except hvac.exceptions.InvalidPath:
+                return []
+
+        return self._call("list", "sys/policies/acl", run)
+
+    def list_ldap_groups(self, mount: str) -> list[str]:
+        """Group entries of an LDAP auth mount ([] when it has none)."""
+        path = f"auth/{mount}/groups"
+
+        def run(c: hvac.Client) -> list[str]:
+            try:
+                resp = c.adapter.list(f"/v1/{path}")
+            except hvac.exceptions.InvalidPath:
+                return []
+            return [str(k) for k in ((resp or {}).get("data") or {}).get("keys") or []]
+
+        return self._call("list", path, run)
+
+    def read_ldap_group(self, mount: str, name: str) -> list[str] | None:
+        """The policies of one group entry; None when there is no entry."""
+        path = f"auth/{mount}/groups/{name}"
+
+        def run(c: hvac.Client) -> list[str] | None:
+            try:
+                resp = c.adapter.get(f"/v1/{path}")
+            except hvac.exceptions.InvalidPath:
+                return None
+            policies = ((resp or {}).get("data") or {}).get("policies") or []
+            if isinstance(policies, str):
+                policies = policies.split(",")
+            return [str(p).strip() for p in policies if str(p).strip()]
+
+        return self._call("read", path, run)
+
+    def write_ldap_group(self, mount: str, name: str, policies: list[str]) -> None:
+        path = f"auth/{mount}/groups/{name}"
+        self._call("write", path, lambda c: c.adapter.post(f"/v1/{path}", json={"policies": policies}))

@@ -19,6 +19,7 @@ HANDLER_MODULES = (
     "mlsec.handlers.promotion",
     "mlsec.handlers.rbac",
     "mlsec.handlers.vault",
+    "mlsec.handlers.people",
     "mlsec.handlers.admission",  # registers its webhooks only with --webhook-port
     "mlsec.handlers.reports",
 )
