@@ -105,8 +105,9 @@ def people_policy_hcl(namespace: str, role: PlatformRole, models: Sequence[Model
     stable list of names while models come and go.
     """
     lines = [
-        f"# Managed by mlsec-operator: platform role {role.value} in namespace {namespace}",
-        f"# ({ROLE_CAPABILITIES[role]}). Rewritten on every change of the namespace's models.",
+        f"# Managed by mlsec-operator: platform role {role.value} in namespace {namespace}:",
+        f"# {ROLE_CAPABILITIES[role]}.",
+        "# Rewritten on every change of the namespace's models and roleMappings.",
     ]
     for path, caps in role_grants(role, models).items():
         quoted = ", ".join(f'"{c}"' for c in caps)

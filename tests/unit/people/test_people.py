@@ -37,15 +37,17 @@ def model(name: str, stage: str, path: str, namespace: str = "radiology-ml") -> 
     body = yaml.safe_load((SAMPLES / "modeldeployment-mri-classifier.yaml").read_text())
     body["metadata"] = {"name": name, "namespace": namespace}
     body["spec"].update(model=name, stage=stage, secrets=[
-        {"name": "hyperparams", "path": path}, {"name": "db", "path": "database/creds/mri-preprocessing-role"}])
+        {"name": "hyperparams", "path": path},
+        {"name": "db", "path": "database/creds/mri-preprocessing-role"}])
     return ModelDeployment.model_validate(body)
 
 
 MODELS = [model("mri-classifier", "staging", KV), model("ct-segmenter", "production", KV2)]
 
 DEVELOPER = """\
-# Managed by mlsec-operator: platform role model_developer in namespace radiology-ml
-# (create/update/read on models not in production, read in production). Rewritten on every change of the namespace's models.
+# Managed by mlsec-operator: platform role model_developer in namespace radiology-ml:
+# create/update/read on models not in production, read in production.
+# Rewritten on every change of the namespace's models and roleMappings.
 
 path "secret/data/ml-models/ct-segmenter" {
   capabilities = ["read"]
@@ -146,7 +148,8 @@ def run(v: MemoryVault, pols: list[MLSecurityPolicy], **kw: Any) -> step.SyncRep
 def test_sync_is_idempotent_keeps_hand_added_and_removes_only_its_own() -> None:
     v = MemoryVault()
     a = policy("ns-a", mappings=[("data_scientists", "model_developer")])
-    b = policy("ns-b", mappings=[("data_scientists", "model_developer"), ("compliance", "compliance_reviewer")])
+    b = policy("ns-b", mappings=[("data_scientists", "model_developer"),
+                                 ("compliance", "compliance_reviewer")])
     v.groups["ldap"]["data_scientists"] = ["team-readers"]
     first = run(v, [a, b])
     assert first.policies_written == ["mlsec-ns-a-model_developer", "mlsec-ns-b-compliance_reviewer",
@@ -173,13 +176,14 @@ def test_scope_leaves_other_namespaces_alone() -> None:
     v.groups["ldap"]["data_scientists"] = ["mlsec-other-model_developer"]
     run(v, [policy("ns-a", mappings=[("data_scientists", "model_developer")])], scope=["ns-a"])
     assert "mlsec-other-model_developer" in v.policies
-    assert v.groups["ldap"]["data_scientists"] == ["mlsec-ns-a-model_developer", "mlsec-other-model_developer"]
+    assert v.groups["ldap"]["data_scientists"] == ["mlsec-ns-a-model_developer",
+                                                   "mlsec-other-model_developer"]
 
 
 def test_full_sync_for_200_groups_is_fast() -> None:
     v = MemoryVault()
-    pols = [policy(f"ns-{i}", mappings=[(f"group-{i}", "model_developer"), (f"group-{i + 100}", "model_deployer")])
-            for i in range(100)]
+    pols = [policy(f"ns-{i}", mappings=[(f"group-{i}", "model_developer"),
+                                        (f"group-{i + 100}", "model_deployer")]) for i in range(100)]
     started = time.monotonic()
     report = run(v, pols)
     assert len(report.groups_written) == 200
