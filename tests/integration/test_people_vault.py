@@ -169,7 +169,8 @@ def test_group_entry_unions_namespaces_and_keeps_hand_added_policies(
         localenv: local.LocalEnv, namespace: str, other_namespace: str, root: hvac.Client,
         operator_vault: Vault) -> None:
     a, b = pol(localenv, namespace), pol(localenv, other_namespace)
-    root.sys.create_or_update_acl_policy("team-readers", 'path "secret/data/team/*" { capabilities = ["read"] }')
+    root.sys.create_or_update_acl_policy(
+        "team-readers", 'path "secret/data/team/*" { capabilities = ["read"] }')
     people.sync(operator_vault, [a, b], {})
     both = {f"mlsec-{namespace}-model_developer", f"mlsec-{other_namespace}-model_developer"}
     assert both <= set(group_policies(root, "data_scientists"))
@@ -210,12 +211,14 @@ def test_removed_from_the_ldap_group_next_login_lacks_the_policy(
 # --- transit and database credentials ----------------------------------------------------------------
 
 
-def sa_login(localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient, m: ModelDeployment) -> hvac.Client:
+def sa_login(localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient,
+             m: ModelDeployment) -> hvac.Client:
     from mlsec.builders.naming import service_account_name
 
     ns, sa = str(m.metadata.namespace), service_account_name(m)
     try:
-        kubernetes.client.CoreV1Api(admin_client).create_namespaced_service_account(ns, {"metadata": {"name": sa}})
+        kubernetes.client.CoreV1Api(admin_client).create_namespaced_service_account(
+            ns, {"metadata": {"name": sa}})
     except kubernetes.client.ApiException as exc:
         if exc.status != 409:
             raise
@@ -285,7 +288,7 @@ def test_audit_device_check_and_blocker(localenv: local.LocalEnv, namespace: str
 
 
 def test_people_sync_200_groups(localenv: local.LocalEnv, operator_vault: Vault, root: hvac.Client) -> None:
-    """The full people-policy sync for 200 groups (100 namespaces × 2 mappings), against OpenBao."""
+    """The full people-policy sync for 200 groups (100 namespaces, 2 mappings each), against OpenBao."""
     pols = []
     for i in range(100):
         body = resources.policy(f"bench-{i}", vault={"address": localenv.vault_addr, "ldapAuthMount": "ldap"})
