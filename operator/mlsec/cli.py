@@ -151,6 +151,46 @@ def _audit(args: argparse.Namespace) -> int:
     return verify.main([args.file])
 
 
+def _vault(args: argparse.Namespace) -> int:
+    """``mlsec vault delete-transit-key NS MODEL``: remove a retained transit key on purpose.
+
+    The operator keeps a pii/phi model's key when the model is deleted (data encrypted with it
+    must stay readable) and its own Vault policy cannot delete keys. A Vault administrator runs
+    this with their token (VAULT_ADDR, VAULT_TOKEN): it allows deletion on the key, then deletes
+    it. Everything encrypted with the key becomes unreadable for good.
+    """
+    import hvac
+    import hvac.exceptions
+
+    from mlsec.builders.vault import NAME_PREFIX
+
+    name = f"{NAME_PREFIX}-{args.namespace}-{args.model}"
+    addr, token = os.environ.get("VAULT_ADDR") or os.environ.get("BAO_ADDR"), os.environ.get("VAULT_TOKEN")
+    if not addr or not token:
+        print("VAULT_ADDR and VAULT_TOKEN (a Vault administrator's token) are required", file=sys.stderr)
+        return 2
+    path = f"{args.mount}/keys/{name}"
+    if not args.yes:
+        print(f"would delete transit key {path}: data encrypted with it can never be decrypted "
+              "again; repeat with --yes to delete it", file=sys.stderr)
+        return 1
+    client = hvac.Client(url=addr, token=token)
+    try:
+        if client.read(path) is None:  # hvac answers a 404 on read with None
+            raise hvac.exceptions.InvalidPath()
+        client.write_data(f"{path}/config", data={"deletion_allowed": True})
+        client.delete(path)
+    except hvac.exceptions.InvalidPath:
+        print(f"no transit key {path}", file=sys.stderr)
+        return 1
+    except hvac.exceptions.VaultError as exc:
+        print(f"cannot delete {path}: {type(exc).__name__}: {'; '.join(map(str, exc.errors or []))}",
+              file=sys.stderr)
+        return 1
+    print(f"deleted transit key {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlsec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="check the hash chain of an audit file")
     verify.add_argument("file")
     verify.set_defaults(func=_audit)
+
+    vault = sub.add_parser("vault", help="Vault administration of what the operator keeps")
+    vault_sub = vault.add_subparsers(dest="vault_command", required=True)
+    dtk = vault_sub.add_parser(
+        "delete-transit-key", help="delete the transit key the operator kept after a pii/phi model "
+        "was deleted (needs VAULT_ADDR and an administrator's VAULT_TOKEN; irreversible)")
+    dtk.add_argument("namespace")
+    dtk.add_argument("model", help="the ModelDeployment's name")
+    dtk.add_argument("--mount", default="transit", help="transit mount (default: transit)")
+    dtk.add_argument("--yes", action="store_true", help="really delete (without: say what would go)")
+    dtk.set_defaults(func=_vault)
     return parser
 
 

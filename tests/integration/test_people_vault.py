@@ -265,6 +265,19 @@ def test_phi_model_transit_key_and_database_credentials(
         root.sys.read_acl_policy(key)
     assert root.secrets.transit.decrypt_data(key, ct)["data"]["plaintext"] == plaintext
 
+    # removed only on purpose, by an administrator
+    from mlsec import cli
+
+    env = {"VAULT_ADDR": localenv.vault_addr, "VAULT_TOKEN": localenv.vault_token}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert cli.main(["vault", "delete-transit-key", namespace, "mri-classifier"]) == 1
+        assert root.read(f"transit/keys/{key}") is not None
+        assert cli.main(["vault", "delete-transit-key", namespace, "mri-classifier", "--yes"]) == 0
+        assert root.read(f"transit/keys/{key}") is None
+        assert cli.main(["vault", "delete-transit-key", namespace, "mri-classifier", "--yes"]) == 1
+
 
 # --- the audit device ---------------------------------------------------------------------------------
 
