@@ -9,10 +9,12 @@ refusal) is at the end of the file, since a running operator syncs from the API 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -23,6 +25,7 @@ import pytest
 
 from mlsec.api import MLSecurityPolicy, ModelDeployment
 from mlsec.builders import people as build
+from mlsec.clients.kube import Kube, KubeError
 from mlsec.clients.vault import KubernetesLogin, Vault, token_request
 from mlsec.handlers import people
 from mlsec.handlers import vault as vault_step
@@ -30,6 +33,8 @@ from mlsec.local import env as local
 from mlsec.local import slapd
 
 from . import resources
+from .conftest import OperatorProcess, wait_until
+from .gate_env import Gate, ldap_policy, unique
 
 DB = "database/creds/mri-preprocessing-role"
 
@@ -316,3 +321,85 @@ def test_people_sync_200_groups(localenv: local.LocalEnv, operator_vault: Vault,
     print(f"\npeople sync, 200 groups: first {first.seconds:.2f}s, in sync {again.seconds:.2f}s")
     people.sync(operator_vault, [], {}, mounts=["ldap"])  # clean up: only mlsec's names go
     assert all(not build.is_people_policy(n) for n in root.sys.list_acl_policies()["data"]["keys"])
+
+
+# --- through the operator: people from the API server, the condition, the promotion gate -------------
+
+
+@pytest.fixture
+def people_operator(localenv: local.LocalEnv, crds_installed: None, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[OperatorProcess]:
+    """`mlsec run` with a 2 s audit-device check; without leader election (acts beside any
+    session operator: everything here is idempotent)."""
+    monkeypatch.setenv("MLSEC_VAULT_AUDIT_SECONDS", "2")
+    op = OperatorProcess(localenv, tmp_path, "--no-leader-election").start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def test_operator_reports_audit_device_and_gates_promotions(
+        localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient,
+        kube_as: Callable[[str], Kube], ldap_info: dict[str, str], root: hvac.Client,
+        people_operator: OperatorProcess) -> None:
+    gate = Gate(localenv, admin_client, kube_as, unique("ppl"))
+    gate.create_namespace()
+    try:
+        gate.ldap_secrets(ldap_info)
+        vault = {"address": localenv.vault_addr, "kubernetesAuthMount": "kubernetes", "ldapAuthMount": "ldap",
+                 "requireAuditDevice": True, "allowedSecretPaths": ["secret/data/ml-models/*"]}
+        gate.admin.create(ldap_policy(gate.ns, ldap_info, vault=vault))
+
+        def policy_cond(status: str) -> dict[str, Any] | None:
+            obj = gate.admin.get(resources.API, "MLSecurityPolicy", gate.ns, "default") or {}
+            c = resources.condition(obj, people.CONDITION)
+            return c if c and c["status"] == status else None
+
+        wait_until(lambda: policy_cond("True"), timeout=30, what="VaultAuditEnabled=True")
+        # people's access from the API server's state, by the operator
+        name = f"mlsec-{gate.ns}-model_developer"
+        wait_until(lambda: name in group_policies(root, "data_scientists"), timeout=30,
+                   what="the data_scientists group entry")
+
+        gate.model("admin", "mri", dataClassification="internal")
+        gate.counted(gate.approve("carol", "mri"))
+        device = root.sys.list_enabled_audit_devices()["data"]["file/"]
+        root.sys.disable_audit_device("file")
+        try:
+            cond = wait_until(lambda: policy_cond("False"), timeout=30, what="VaultAuditEnabled=False")
+            assert isinstance(cond, dict) and cond["reason"] == "NoAuditDevice"
+
+            def refused_for_audit() -> str | None:
+                try:
+                    gate.change("admin", "mri", stage="production")
+                except KubeError as exc:
+                    return str(exc) if "audit device" in str(exc) else None
+                raise AssertionError("promotion allowed without an audit device")
+
+            message = wait_until(refused_for_audit, timeout=30, what="promotion refused for the audit device")
+            assert "requireAuditDevice" in str(message)
+        finally:
+            root.sys.enable_audit_device("file", options=device["options"])
+        wait_until(lambda: policy_cond("True"), timeout=30, what="VaultAuditEnabled=True again")
+
+        def promoted() -> bool:
+            try:
+                gate.change("admin", "mri", stage="production")
+            except KubeError:
+                return False
+            return True
+
+        wait_until(promoted, timeout=30, what="promotion allowed again")
+        events = gate.admin.list("v1", "Event", gate.ns)
+        assert any(e.get("reason") == "NoAuditDevice" for e in events)
+        assert "mlsec_vault_audit_enabled 1.0" in people_operator.metrics()
+        # nothing secret anywhere we write
+        secrets = [ldap_info["user_password"], ldap_info["bind_password"], localenv.vault_token,
+                   localenv.pg_password]
+        texts = [people_operator.log(), people_operator.audit_file.read_text(), json.dumps(events),
+                 json.dumps(gate.admin.get(resources.API, "MLSecurityPolicy", gate.ns, "default")),
+                 (localenv.dir / "logs" / "openbao-audit.log").read_text()]
+        assert not [s[:4] for s in secrets for t in texts if s in t]
+    finally:
+        gate.delete_namespace()

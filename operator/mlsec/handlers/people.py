@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -47,7 +48,8 @@ API = f"{GROUP}/{VERSION}"
 POLICY_KIND = "MLSecurityPolicy"
 STATUS_OWNER = "mlsec-operator-people"
 CONDITION = "VaultAuditEnabled"
-AUDIT_INTERVAL = 30.0
+# How often each policy's audit-device check runs (tests shorten it).
+AUDIT_INTERVAL = float(os.environ.get("MLSEC_VAULT_AUDIT_SECONDS", "30"))
 AUDIT_CACHE_SECONDS = 5.0
 RESYNC_SECONDS = 300.0
 DEBOUNCE_SECONDS = 0.5
