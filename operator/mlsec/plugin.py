@@ -21,12 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-import kubernetes
-from kubernetes.client.rest import ApiException
-
 from mlsec import API_VERSION, plugin_report
-from mlsec.api import image_digest
-from mlsec.clients.kube import load_api_client
+from mlsec.api.deployment import image_digest
 
 MODELS = f"/apis/{API_VERSION}/namespaces/{{ns}}/modeldeployments"
 APPROVALS = f"/apis/{API_VERSION}/namespaces/{{ns}}/modelapprovals"
@@ -42,6 +38,10 @@ class Client:
     """Raw API calls as the current context, returning JSON and the API warnings."""
 
     def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+        import kubernetes  # only for commands that talk to the cluster: it is slow to import
+
+        from mlsec.clients.kube import load_api_client
+
         try:
             self.api = load_api_client(kubeconfig, context)
         except (kubernetes.config.ConfigException, OSError) as exc:
@@ -51,6 +51,8 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None,
              content_type: str = "application/json") -> dict[str, Any]:
+        from kubernetes.client.rest import ApiException
+
         try:
             resp = self.api.call_api(
                 path, method, header_params={"Accept": "application/json", "Content-Type": content_type},
@@ -76,6 +78,8 @@ class Client:
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+    import kubernetes
+
     try:
         contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
     except (kubernetes.config.ConfigException, OSError, TypeError):
@@ -84,7 +88,7 @@ def _context_namespace(kubeconfig: str | None, context: str | None) -> str | Non
     return ((chosen or {}).get("context") or {}).get("namespace")
 
 
-def _api_message(exc: ApiException) -> str:
+def _api_message(exc: Any) -> str:
     try:
         body = json.loads(exc.body or "{}")
         message = body.get("message") or exc.reason

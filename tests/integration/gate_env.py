@@ -182,6 +182,13 @@ class Gate:
     def model(self, user: str, name: str, **kw: Any) -> dict[str, Any]:
         return self.kube_as(user).create(r.model(self.ns, name, **kw))
 
+    def observed(self, name: str) -> dict[str, Any]:
+        """Wait until the operator has reconciled ``name`` (so its indexes hold it)."""
+        got = wait_until(lambda: (self.get(name).get("status") or {}).get("observedGeneration"),
+                         timeout=30, what=f"{name} observed by the operator")
+        assert got
+        return self.get(name)
+
     def get(self, name: str) -> dict[str, Any]:
         obj = self.admin.get(r.API, "ModelDeployment", self.ns, name)
         assert obj is not None
