@@ -255,14 +255,16 @@ def test_without_openreports_crds_the_operator_reconciles_normally(
     try:
         localenv.kubectl("delete", "crd", "reports.openreports.io", "clusterreports.openreports.io",
                          "--wait=true", "--timeout=60s")
-        op = OperatorProcess(localenv, tmp_path).start()
+        # Watching only this namespace: the previous tests' namespaces may still be going away,
+        # and resuming their hundreds of objects would only delay this one.
+        op = OperatorProcess(localenv, tmp_path, "--namespace", namespace).start()
         kube.create(r.policy(namespace, enforcement="audit"))
         kube.create(r.model(namespace, "pinned"))
         kube.create(r.model(namespace, "tagged", image=TAG_IMAGE))
         for name in ("pinned", "tagged"):
             wait_until(lambda n=name: r.has_condition(kube.get(API, "ModelDeployment", namespace, n),
                                                       "Ready", "True"),
-                       timeout=30, what=f"{name} reconciled")
+                       timeout=60, what=f"{name} reconciled")
         metric = (f'mlsec_compliance_results{{namespace="{namespace}",result="fail",'
                   f'rule="{rb.RULE_REQUIRE_DIGEST}"}} 1.0')
         wait_until(lambda: metric in op.metrics(), timeout=15, what="the compliance metric")
