@@ -358,7 +358,7 @@ def _audit_condition(enabled: bool | None, message: str) -> Cond:
     if enabled:
         return Cond(CONDITION, True, "AuditDeviceEnabled", message)
     if enabled is None:
-        return Cond(CONDITION, False, "AuditCheckFailed", message)
+        return Cond(CONDITION, None, "AuditCheckFailed", message)  # Unknown, as the report reads it
     return Cond(CONDITION, False, "NoAuditDevice", message)
 
 
