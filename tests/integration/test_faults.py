@@ -98,18 +98,27 @@ def ready(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
         (obj or {}).get("status", {}).get("observedGeneration") == obj["metadata"]["generation"] else None  # type: ignore[index]
 
 
-def retried(call: Callable[[], Any], seconds: float = 15) -> Any:
-    """A client call that may meet a connection the restarted API server closed."""
+# What a just-restarted API server answers for a while: 503 for custom resources until it has
+# loaded the CRDs again, and its admission policies cannot resolve their paramKind (PromotionLedger).
+NOT_YET = ("failed to configure policy", "failed to find resource referenced by paramKind")
+
+
+def retried(call: Callable[[], Any], seconds: float = 60) -> Any:
+    """A client call right after an API server restart: retried over a connection the server
+    closed, and while admission refuses for a moment (NOT_YET)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             return call()
-        except KubeError:
-            raise
+        except KubeError as exc:
+            refused = exc.status == 422 and any(t in exc.message for t in NOT_YET)
+            transient = refused or exc.status in (429, 503)
+            if not transient or time.monotonic() > deadline:
+                raise
         except Exception:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def converge(check: Callable[[], list[str]], timeout: float, what: str) -> None:
@@ -295,9 +304,11 @@ def test_watches_resume_after_an_api_server_restart(
             time.sleep(3)
         finally:
             local.start_component(localenv, "kube-apiserver")
-        changed = time.monotonic()
+        restarted = time.monotonic()
         out = retried(lambda: kube.patch(r.API, MD, namespace, "survivor", {"spec": {
             "version": "4", "image": r.model(namespace, "survivor", version="4")["spec"]["image"]}}))
+        changed = time.monotonic()  # the change is made when the API server accepts it
+        print(f"the restarted API server accepted the change after {changed - restarted:.1f}s")
         generation = out["metadata"]["generation"]
 
         def reconciled() -> dict[str, Any] | None:
