@@ -9,13 +9,15 @@ environment, then measures, each as rounds of N requests sent at once:
 1. AdmissionReview POSTs straight to the webhook over TLS: the promotion gate deciding a
    staging → production request (the full decision: policy, approvals index, rules, audit record),
    and the approver stamp (mutating);
+   — each also one request at a time, for the service time without queueing;
 2. ModelDeployment creates through the API server with our webhooks registered (stamp + gate), and
    the same without them (the webhook configurations removed for that series): the difference is
    what the webhook hop costs a user.
 
 The native admission policies' bindings (crds/) are removed while it runs and restored after, so
-the second series measures the webhooks alone. Prints a table and, last, one JSON line. Not part
-of `make test`.
+the second series measures the webhooks alone. Besides latencies, each series reports the
+operator's CPU time per request (from /proc), which a busy machine does not distort. Prints a
+table and, last, one JSON line. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -55,10 +57,19 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def summary(name: str, samples: list[float], failures: int) -> dict[str, Any]:
-    return {"series": name, "n": len(samples), "failures": failures,
-            "p50_ms": round(pct(samples, 50) * 1000, 2), "p99_ms": round(pct(samples, 99) * 1000, 2),
-            "mean_ms": round(statistics.fmean(samples) * 1000, 2), "max_ms": round(max(samples) * 1000, 2)}
+def summary(name: str, samples: list[float], failures: int, cpu: float | None = None) -> dict[str, Any]:
+    out = {"series": name, "n": len(samples), "failures": failures,
+           "p50_ms": round(pct(samples, 50) * 1000, 2), "p99_ms": round(pct(samples, 99) * 1000, 2),
+           "mean_ms": round(statistics.fmean(samples) * 1000, 2), "max_ms": round(max(samples) * 1000, 2)}
+    if cpu is not None:  # the operator's CPU seconds over the series: robust to a busy machine
+        out["operator_cpu_ms_per_request"] = round(cpu * 1000 / max(1, len(samples) + failures), 2)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def burst(session: aiohttp.ClientSession, n: int, request: Any) -> tuple[list[float], int]:
@@ -178,12 +189,25 @@ class Bench:
 
                 await burst(session, 10, post)  # warm-up
                 samples, failures = [], 0
+                cpu0 = self.cpu()
                 for _ in range(self.rounds):
                     got, bad = await burst(session, self.n, post)
                     samples += got
                     failures += bad
-                out.append(summary(name, samples, failures))
+                out.append(summary(name, samples, failures, self.cpu() - cpu0))
+                samples, failures = [], 0
+                cpu0 = self.cpu()
+                for _ in range(self.n):  # one at a time: the service time without queueing
+                    got, bad = await burst(session, 1, post)
+                    samples += got
+                    failures += bad
+                out.append(summary(name.replace("webhook direct", "  one at a time"), samples, failures,
+                                   self.cpu() - cpu0))
         return out
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
 
     async def creates(self, namespace: str, label: str) -> dict[str, Any]:
         ctx = ssl.create_default_context(cadata=self.api_ca)
@@ -204,6 +228,7 @@ class Bench:
         samples, failures = [], 0
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=0)) as session:
             await burst(session, 10, create)
+            cpu0 = self.cpu()
             for _ in range(self.rounds):
                 got, bad = await burst(session, self.n, create)
                 samples += got
@@ -212,7 +237,7 @@ class Bench:
             print(f"{label}: first failure: {errors[0]}", file=sys.stderr)
         if not samples:
             raise SystemExit(f"{label}: every request failed")
-        return summary(label, samples, failures)
+        return summary(label, samples, failures, self.cpu() - cpu0)
 
     def run(self) -> list[dict[str, Any]]:
         saved = yaml.safe_load(self.kubectl("get", NATIVE_BINDINGS, "-l", NATIVE, "-o", "yaml"))["items"]
@@ -274,10 +299,11 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"\nAdmission webhook latency: {args.rounds} bursts of {args.n} concurrent requests per series "
           f"({os.cpu_count()} CPUs, load average {load:.1f})")
-    print(f"{'series':<50}{'n':>6}{'fail':>6}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'max ms':>9}")
+    print(f"{'series':<50}{'n':>6}{'fail':>6}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'max ms':>9}"
+          f"{'op CPU ms/req':>15}")
     for r in results:
         print(f"{r['series']:<50}{r['n']:>6}{r['failures']:>6}{r['p50_ms']:>9}{r['p99_ms']:>9}"
-              f"{r['mean_ms']:>9}{r['max_ms']:>9}")
+              f"{r['mean_ms']:>9}{r['max_ms']:>9}{r.get('operator_cpu_ms_per_request', '-'):>15}")
     by = {r["series"]: r for r in results}
     with_hooks, without = by["API create, with the webhooks"], by["API create, no webhooks"]
     overhead = {"p50_ms": round(with_hooks["p50_ms"] - without["p50_ms"], 2),
