@@ -458,11 +458,12 @@ def _configure_openbao_people(env: LocalEnv, client: Any, ldap_enabled: bool) ->
 
 
 def _postgres_setup(env: LocalEnv, timeout: float) -> None:
-    root = postgres.make_cluster(env.pg_password)
+    root, current = postgres.make_cluster(env.pg_password)
     env.pg_dir = str(root)
     env.pids["postgres"] = postgres.start(root, env.ports["postgres"], env.dir / "logs")
     procs.wait_for("postgres", lambda: postgres.ready(env.ports["postgres"]), timeout,
                    env.pids["postgres"], env.dir / "logs" / "postgres.log")
+    postgres.set_password(env.ports["postgres"], current, env.pg_password)
 
 
 def _apply_crds(env: LocalEnv) -> None:
