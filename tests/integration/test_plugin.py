@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from mlsec import plugin
+from mlsec.clients.kube import KubeError
 from mlsec.local import env as local
 
 from . import resources as r
@@ -34,8 +35,19 @@ def ns(operator: OperatorProcess, crds_installed: None, localenv: local.LocalEnv
     g.ldap_secrets(ldap_info)
     g.admin.create(ldap_policy(g.ns, ldap_info))
     wait_until(lambda: g.platform_bindings() == EXPECTED_BINDINGS, timeout=30, what="RoleBindings from LDAP")
+    # Right after crds/ (re)applies the native policies, the API server may refuse writes for a few
+    # seconds while it resolves their param kind: wait until a ModelDeployment write is admitted.
+    wait_until(lambda: _admitted(g), timeout=60, what="ModelDeployment writes admitted")
     yield g
     g.delete_namespace()
+
+
+def _admitted(g: Gate) -> bool:
+    try:
+        g.admin.apply(r.model(g.ns, "probe"), dry_run=True)
+    except KubeError:
+        return False
+    return True
 
 
 def run(g: Gate, user: str | None, *args: str, kubeconfig: Path | None = None) -> tuple[int, str, str]:
