@@ -139,6 +139,11 @@ def test_ensure_writes_exactly_the_expected_policy_and_role(
         f'path "{PKI}" {{\n  capabilities = ["update"]\n}}\n'
         "\n"
         f'path "{KV}" {{\n  capabilities = ["read"]\n}}\n'
+        # the sample is phi: encrypt/decrypt on exactly its own transit key (issue 12)
+        "\n"
+        f'path "transit/decrypt/{name}" {{\n  capabilities = ["update"]\n}}\n'
+        "\n"
+        f'path "transit/encrypt/{name}" {{\n  capabilities = ["update"]\n}}\n'
     )
     assert role is not None
     assert {k: role[k] for k in build.role_definition(md)} == {
@@ -316,7 +321,7 @@ def test_outage_is_reported_without_secrets_and_state_is_rewritten_after_restart
     root = hvac.Client(url=localenv.vault_addr, token=localenv.vault_token)
     assert vault_objects(root, name) == (None, None)
     outcome = vault_step.ensure(md, pol, operator_vault)
-    assert outcome.ok and len(outcome.written) == 2, outcome
+    assert outcome.ok and len(outcome.written) == 3, outcome  # transit key, policy, role
     assert vault_objects(root, name)[0] == build.policy_hcl(md)
     secrets = [localenv.vault_token, *operator_vault._login.secrets()]
     assert secrets_in(repr(outcome) + outcome.message, secrets) == []
