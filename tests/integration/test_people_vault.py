@@ -116,6 +116,25 @@ def group_policies(root: hvac.Client, group: str) -> list[str]:
     return sorted(pols.split(",") if isinstance(pols, str) else pols)
 
 
+# --- the environment ---------------------------------------------------------------------------------
+
+
+def test_postgres_runs_as_postgres_and_is_exported(localenv: local.LocalEnv) -> None:
+    import pwd
+
+    url = localenv.exports()["MLSEC_PG_URL"]
+    proc = subprocess.run(["psql", url, "-tAc", "select current_user"], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip() == "postgres", proc.stderr
+    assert Path(localenv.pg_dir).stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    assert localenv.readiness()["postgres"] is True
+    # the server process itself (a child of runuser, which the environment stops by its group)
+    children = subprocess.run(["pgrep", "-P", str(localenv.pids["postgres"])], capture_output=True,
+                              text=True).stdout.split()
+    uids = {Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0] for pid in children}
+    assert uids == {str(pwd.getpwnam("postgres").pw_uid)}
+
+
 # --- people ----------------------------------------------------------------------------------------
 
 
