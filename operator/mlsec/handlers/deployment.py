@@ -104,14 +104,14 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
     except ValidationError as exc:
         msg = "; ".join(validation_messages(exc))
         write_status(KIND, body, [Cond("Ready", False, "InvalidSpec", msg),
-                                  Cond("PolicyCompliant", False, "InvalidSpec", msg)])
+                                  Cond("PolicyCompliant", False, "InvalidSpec", msg)], _rollout_fields(body))
         return Outcome(rolled_out=False)
 
     pol, why = policy_in_force(namespace, indexes)
     if pol is None:
         reason = "NoPolicy" if why.startswith("no ") else "PolicyInvalid"
         if write_status(KIND, body, [Cond("Ready", False, reason, why),
-                                     Cond("PolicyCompliant", False, reason, why)]):
+                                     Cond("PolicyCompliant", False, reason, why)], _rollout_fields(body)):
             kopf.warn(body, reason=reason, message=why)
         return Outcome(rolled_out=False)
 
@@ -124,7 +124,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         if enforce:
             conds.append(Cond("Ready", False, "RolloutBlocked",
                               f"not rolled out, the previous rollout stays: {text}"))
-            if write_status(KIND, body, conds):
+            if write_status(KIND, body, conds, _rollout_fields(body)):
                 kopf.warn(body, reason="RolloutBlocked", message=text)
                 _audit(md, pol, EventType.ROLLOUT_BLOCKED, "DENIED", text)
             return Outcome(rolled_out=False)
@@ -146,7 +146,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         if enforce:
             conds.append(Cond("Ready", False, "PromotionBlocked",
                               f"production rollout held back, the previous rollout stays: {message}"))
-            if write_status(KIND, body, conds, gate_fields):
+            if write_status(KIND, body, conds, {**_rollout_fields(body), **gate_fields}):
                 kopf.warn(body, reason="PromotionBlocked", message=message)
                 promotion.audit_promotion(namespace, name, md.spec.version, False, message, requester, pol)
             return Outcome(rolled_out=False)
@@ -170,7 +170,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
         elif enforce:
             conds.append(Cond("Ready", False, "VaultNotReady",
                               f"not rolled out until Vault is ready: {outcome.message}"))
-            if write_status(KIND, body, conds, gate_fields):
+            if write_status(KIND, body, conds, {**_rollout_fields(body), **gate_fields}):
                 kopf.warn(body, reason=outcome.reason, message=outcome.message)
             return Outcome(rolled_out=False, retry=outcome.message)
 
@@ -192,6 +192,16 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any]) -> Outcome:
     if written:
         _audit(md, pol, EventType.RECONCILED, "SUCCESS", f"applied {', '.join(written)}")
     return Outcome(rolled_out=True, written=written)
+
+
+ROLLOUT_FIELDS = ("children", "lastAppliedVersion", "lastAppliedImage", "stage", "vault")
+
+
+def _rollout_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """What the current rollout is, re-sent unchanged when a new spec is held back: status is
+    server-side applied, so a field left out would be removed."""
+    status = body.get("status") or {}
+    return {k: status[k] for k in ROLLOUT_FIELDS if k in status}
 
 
 def _gate_fields(decision: Decision, requester: str | None) -> dict[str, Any]:

@@ -420,8 +420,10 @@ def _failed(namespace: str, body: Mapping[str, Any], state: _State, exc: SyncFai
     state.last_failure = exc.reason
     old = dict(body.get("status") or {})
     last = (old.get("ldap") or {}).get("lastSync")
+    # The message stays the same while the failure does (no retry countdown in it): an operator
+    # retrying a broken policy must not rewrite its status on every attempt.
     message = (f"{exc.message}; Roles and RoleBindings left unchanged "
-               f"(last successful sync: {last or 'never'}); retrying in {delay:.0f}s")
+               f"(last successful sync: {last or 'never'})")
     # Re-send the fields this owner holds, or server-side apply would remove them.
     fields = {k: old[k] for k in ("ldap", "roleMembers") if k in old}
     try:
@@ -430,7 +432,7 @@ def _failed(namespace: str, body: Mapping[str, Any], state: _State, exc: SyncFai
         log.warning("cannot write LDAPSynced status of %s: %s", namespace, err)
     if transition:
         _event(body, "Warning", "LDAPSyncFailed", message)
-        log.warning("LDAP sync of %s failed: %s", namespace, message)
+        log.warning("LDAP sync of %s failed: %s; retrying in %.0fs", namespace, message, delay)
     context.audit().record(
         EventType.LDAP_SYNC_FAILED,
         resource=_resource(namespace, body),
