@@ -45,7 +45,9 @@ def test_sample_policy_becomes_valid(operator: OperatorProcess, namespace: str,
     assert isinstance(obj, dict)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert _condition(obj, "Active")["reason"] == "OnlyPolicy"  # type: ignore[index]
-    assert 'mlsec_reconcile_total{kind="MLSecurityPolicy",result="success"}' in operator.metrics()
+    # Counted when the handler returns (after the re-reconciles the policy change triggers).
+    counted = 'mlsec_reconcile_total{kind="MLSecurityPolicy",result="success"}'
+    wait_until(lambda: counted in operator.metrics(), timeout=15, what="the reconcile counted in /metrics")
     assert "POLICY_VALID" in operator.audit_file.read_text()
 
 
