@@ -47,7 +47,7 @@ def run_operator(env: Any, kube: Kube, args: argparse.Namespace, workdir: Path) 
     namespaces = [c.setup_namespace(kube, env, "bench-bulk") for _ in range(count)]
     placed = model_names(args.models, args.per_namespace, namespaces)
     watch = c.ReadyWatch(env, lambda: set(namespaces)).start()
-    op = c.Operator(env, workdir / "operator")
+    op = c.Operator(env, workdir / "operator", kopf=args.kopf)
     try:
         op.start()
         time.sleep(3)  # let the operator finish its start-up (policies, leader election)
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-threads", type=int, default=8,
                         help="parallel requests of the plain client (8: the operator's thread pool)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for Ready")
+    parser.add_argument("--kopf", default="", help="kopf settings to override (bench.kopf_variant), "
+                        "e.g. execution.max_workers=16")
     args = parser.parse_args(argv)
 
     env = c.load_env(args.dir)
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print("operator writes by verb and resource: " +
           ", ".join(f"{k}: {n}" for k, n in opr["writes_by_kind"].items()))
     c.emit({"bench": "bulk_throughput", "models": args.models, "per_namespace": args.per_namespace,
+            "kopf": args.kopf or "as shipped",
             "ready": opr["ready"], "operator_child_writes": opr["child_writes"],
             "operator_window_s": round(opr["window_s"], 2), "operator_objects_per_s": round(op_rate, 1),
             "operator_models_per_s": round(opr["ready"] / opr["window_s"], 2),

@@ -329,6 +329,7 @@ class Operator:
     env: local.LocalEnv
     workdir: Path
     extra: tuple[str, ...] = ()
+    kopf: str = ""  # kopf settings to override (bench.kopf_variant), e.g. "execution.max_workers=32"
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=procs.free_port)
     health_port: int = field(default_factory=procs.free_port)
@@ -342,12 +343,14 @@ class Operator:
         kubeconfig = local.operator_kubeconfig(self.env, self.workdir / "operator.kubeconfig")
         environ = {**os.environ, "KUBECONFIG": str(kubeconfig), "VAULT_ADDR": self.env.vault_addr}
         environ.pop("VAULT_TOKEN", None)
-        cmd = [sys.executable, "-m", "mlsec", "run", "--metrics-port", str(self.metrics_port),
+        environ["MLSEC_BENCH_KOPF"] = self.kopf
+        module = "bench.kopf_variant" if self.kopf else "mlsec"
+        cmd = [sys.executable, "-m", module, "run", "--metrics-port", str(self.metrics_port),
                "--health-port", str(self.health_port), "--bind-address", "127.0.0.1",
                "--audit-file", str(self.workdir / "audit.jsonl"), *self.extra]
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environ,
-                                         start_new_session=True)
+                                         start_new_session=True, cwd=REPO)
         procs.wait_for("operator", self.healthy, timeout, self.proc.pid, self.log_file)
         return self
 

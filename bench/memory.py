@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-namespace", type=int, default=100)
     parser.add_argument("--settle", type=float, default=15.0, help="idle seconds before sampling")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait per level")
+    parser.add_argument("--kopf", default="", help="kopf settings to override (bench.kopf_variant)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     namespaces: list[str] = []
     watch = c.ReadyWatch(env, lambda: set(namespaces)).start()
-    op = c.Operator(env, workdir / "operator")
+    op = c.Operator(env, workdir / "operator", kopf=args.kopf)
     rows: list[dict[str, Any]] = []
     have = 0
     try:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds": round(seconds, 1), "phase": "growing"})
         op.stop()
         c.say(f"restarting the operator with {have} models in place")
-        op = c.Operator(env, workdir / "restarted")
+        op = c.Operator(env, workdir / "restarted", kopf=args.kopf)
         started = time.monotonic()
         op.start()
         took = wait_reconciled(op, have, args.timeout)
