@@ -115,7 +115,7 @@ async def approval_check(operation: str, namespace: str, userinfo: Mapping[str, 
 
 
 def _model_spec(namespace: str, name: str, indexes: Mapping[str, Any]) -> dict[str, Any] | None:
-    for md_name, md_spec in indexes["models_by_namespace"].get(namespace, []):
+    for md_name, md_spec in context.snapshot(indexes["models_by_namespace"], namespace):
         if md_name == name:
             return dict(md_spec)
     return None

@@ -377,8 +377,9 @@ def check_policy_audit(body: Mapping[str, Any], namespace: str, indexes: dict[st
     change; True if something changed."""
     enabled, message = check_audit_devices(max_age=1.0)
     cond = _audit_condition(enabled, message)
-    changed = write_status(POLICY_KIND, body, [cond], {"vault": {"auditDevice": enabled}},
-                           owner=STATUS_OWNER)
+    # auditDevice is a boolean in the schema: leave it out while Vault cannot be asked.
+    fields = {"vault": {"auditDevice": enabled}} if enabled is not None else {}
+    changed = write_status(POLICY_KIND, body, [cond], fields, owner=STATUS_OWNER)
     if changed:
         kopf.event(dict(body), type="Normal" if enabled else "Warning", reason=cond.reason,
                    message=message)

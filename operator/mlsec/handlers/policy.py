@@ -42,7 +42,7 @@ def policies_by_namespace(namespace: str, name: str, meta: kopf.Meta, spec: kopf
 
 def active_policy(index: kopf.Index[str, PolicyEntry], namespace: str) -> PolicyEntry | None:
     """The policy in force in a namespace: the oldest (by creation time, then name)."""
-    entries = sorted(index.get(namespace, []), key=lambda e: (e[0], e[1]))
+    entries = sorted(context.snapshot(index, namespace), key=lambda e: (e[0], e[1]))
     return entries[0] if entries else None
 
 
@@ -89,7 +89,7 @@ def _write_policy_status(namespace: str, name: str, body: dict[str, Any],
 def policy_changed(body: kopf.Body, namespace: str, name: str,
                    policies_by_namespace: kopf.Index[str, PolicyEntry], **kwargs: Any) -> None:
     with observe(KIND):
-        siblings = sorted(e[1] for e in policies_by_namespace.get(namespace, []))
+        siblings = sorted(e[1] for e in context.snapshot(policies_by_namespace, namespace))
         if name not in siblings:
             siblings = sorted([*siblings, name])
         active = active_policy_name(policies_by_namespace, namespace) or name

@@ -83,7 +83,7 @@ def _parse_time(text: str) -> datetime:
 def _approvals(namespace: str, pol: MLSecurityPolicy, indexes: dict[str, Any]) -> list[Any]:
     resolve = resolver(namespace, pol)
     return [approval_of(name, spec, _parse_time(created), resolve)
-            for name, created, spec, _ in indexes["approvals_by_namespace"].get(namespace, [])]
+            for name, created, spec, _ in context.snapshot(indexes["approvals_by_namespace"], namespace)]
 
 
 # --- decisions -------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None) ->
             _block_ledger(namespace, why)
         return {}
     with _lock(namespace):
-        models = {name: spec for name, spec in indexes["models_by_namespace"].get(namespace, [])}
+        models = dict(context.snapshot(indexes["models_by_namespace"], namespace))
         approvals = _approvals(namespace, pol, indexes)
         blocked = blocked_reason(namespace, pol)
         now = datetime.now(UTC)
@@ -191,7 +191,7 @@ UNBOUND = "not bound to the current or any approved release of this model"
 
 def _write_approval_statuses(namespace: str, verdicts: dict[str, Any], indexes: dict[str, Any],
                              only: str | None) -> None:
-    for name, _created, spec, status in indexes["approvals_by_namespace"].get(namespace, []):
+    for name, _created, spec, status in context.snapshot(indexes["approvals_by_namespace"], namespace):
         if only is not None and spec.get("modelDeployment") != only:
             continue
         v = verdicts.get(name)

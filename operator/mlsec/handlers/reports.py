@@ -344,7 +344,7 @@ async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namesp
                 break
             event.clear()
             policy = _policy_facts(body)
-            entries = list(report_models.get(namespace, []))
+            entries = context.snapshot(report_models, namespace)
             count = len(entries)
             log.debug("recomputing the Report of %s (%d models)", namespace, count)
             try:
