@@ -55,12 +55,14 @@ def run_operator(env: Any, kube: Kube, args: argparse.Namespace, workdir: Path) 
         c.say(f"operator pid {op.pid}: creating {args.models} models in {count} namespaces")
         started = time.monotonic()
         wall_started = time.time()
+        cpu_before = c.cpu_seconds(op.pid)
         create_s = c.create_all(kube, [c.model_body(ns, name) for ns, name in placed], threads=8)
         c.say(f"created in {create_s:.1f}s; waiting for Ready")
         ok = watch.wait_count(args.models, timeout=args.timeout,
                               progress=lambda n: c.say(f"  {n}/{args.models} Ready, "
                                                        f"RSS {op.rss_mib():.0f} MiB"))
         window = time.monotonic() - started
+        cpu = c.cpu_seconds(op.pid) - cpu_before
         ready = watch.count_ready()
         if not ok:
             c.say(f"only {ready} of {args.models} Ready after {args.timeout:.0f}s")
@@ -76,7 +78,7 @@ def run_operator(env: Any, kube: Kube, args: argparse.Namespace, workdir: Path) 
     children = sum(n for k, n in kinds.items() if k.split()[0] in ("patch", "create")
                    and k.split()[1] in CHILD_RESOURCES)
     return {"namespaces": namespaces, "placed": placed, "window_s": window, "create_s": create_s,
-            "ready": ready, "child_writes": children, "all_writes": len(writes),
+            "ready": ready, "child_writes": children, "all_writes": len(writes), "cpu_s": cpu,
             "writes_by_kind": dict(kinds.most_common()), "rss_mib": rss,
             "reconciles": c.metric_value(metrics, "mlsec_reconcile_duration_seconds_count",
                                          kind="ModelDeployment")}
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'met' if ratio >= GOAL_RATIO else 'MISSED'}); models/s {opr['ready'] / opr['window_s']:.1f}; "
           f"creating them took {opr['create_s']:.1f}s; operator writes of every kind: "
           f"{opr['all_writes']} ({opr['all_writes'] / max(opr['ready'], 1):.1f} per model); "
-          f"RSS after: {opr['rss_mib']:.0f} MiB")
+          f"RSS after: {opr['rss_mib']:.0f} MiB; operator CPU {opr['cpu_s']:.0f}s "
+          f"({opr['cpu_s'] / opr['window_s']:.0%} of one core, "
+          f"{1000 * opr['cpu_s'] / max(opr['ready'], 1):.0f} ms per model)")
     print("operator writes by verb and resource: " +
           ", ".join(f"{k}: {n}" for k, n in opr["writes_by_kind"].items()))
     c.emit({"bench": "bulk_throughput", "models": args.models, "per_namespace": args.per_namespace,
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             "baseline_objects": base["objects"], "baseline_s": round(base["seconds"], 2),
             "baseline_threads": args.baseline_threads, "baseline_objects_per_s": round(base_rate, 1),
             "ratio": round(ratio, 3), "goal": {"ratio": GOAL_RATIO}, "met": ratio >= GOAL_RATIO,
-            "rss_mib": round(opr["rss_mib"], 1), "load": load})
+            "rss_mib": round(opr["rss_mib"], 1), "load": load, "operator_cpu_s": round(opr["cpu_s"], 1),
+            "operator_cpu_share": round(opr["cpu_s"] / opr["window_s"], 2)})
     return 0
 
 

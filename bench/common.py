@@ -66,11 +66,36 @@ def load_env(directory: Path | None) -> local.LocalEnv:
     return env
 
 
-def install_crds(env: local.LocalEnv) -> None:
-    """Our CRDs and native admission policies, from crds/ as a user installs them."""
+def install_crds(env: local.LocalEnv, timeout: float = 120) -> None:
+    """Our CRDs and native admission policies, from crds/ as a user installs them; then wait until
+    the API server serves every kind the operator watches (after a fresh install it answers 429
+    "storage is (re)initializing" for a while; an operator started then was seen to stall for
+    more than five minutes, see bench/README.md)."""
     env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     env.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "-l",
                 "app.kubernetes.io/part-of=mlsec-operator")
+    kube = admin_kube(env)
+    kinds = [("mlsec.io/v1alpha1", k) for k in ("ModelDeployment", "MLSecurityPolicy", "ModelApproval",
+                                                "PromotionLedger")]
+    from mlsec.builders.children import CHILD_KINDS
+
+    deadline = time.monotonic() + timeout
+    for api_version, kind in [*kinds, *CHILD_KINDS]:
+        while True:
+            try:
+                kube.list(api_version, kind, "default")
+                break
+            except KubeError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                say(f"waiting for the API server to serve {kind}: {exc.status} {exc.message}")
+                time.sleep(1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def admin_kube(env: local.LocalEnv, agent: str = "mlsec-bench") -> Kube:
