@@ -6,13 +6,20 @@
 The operator's own settings (mlsec.handlers.settings.apply_kopf_settings) are applied first, by
 its start-up handler; this module's start-up handler, registered after it, then sets each
 ``path=value`` of $MLSEC_BENCH_KOPF. Nothing else differs from ``mlsec run``.
+
+With $MLSEC_BENCH_TRACEMALLOC=FILE the process traces its allocations (tracemalloc: slower, and
+its own bookkeeping doubles the memory) and writes the live ones to FILE on SIGUSR1.
 """
 
 from __future__ import annotations
 
+import linecache
 import logging
 import os
+import signal
 import sys
+import tracemalloc
+from types import FrameType
 from typing import Any
 
 import kopf
@@ -54,5 +61,26 @@ def override(settings: kopf.OperatorSettings, **_: Any) -> None:
         log.warning("bench: kopf setting %s = %r (was %r)", ".".join(path), getattr(target, path[-1]), old)
 
 
+def _dump_allocations(_signum: int, _frame: FrameType | None) -> None:
+    """SIGUSR1: the allocations still alive, by the first frame in mlsec, kopf or another library
+    (the caller that holds them), to $MLSEC_BENCH_TRACEMALLOC."""
+    snapshot = tracemalloc.take_snapshot()
+    by_file = snapshot.statistics("filename")
+    by_trace = snapshot.statistics("traceback")
+    lines = [f"total {sum(s.size for s in by_file) / 2**20:.1f} MiB traced", "", "by file:"]
+    lines += [f"{s.size / 2**20:8.2f} MiB {s.count:8d} {s.traceback[0].filename}" for s in by_file[:40]]
+    lines += ["", "by traceback (innermost last):"]
+    for stat in by_trace[:25]:
+        lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d}")
+        for frame in stat.traceback[-8:]:
+            code = linecache.getline(frame.filename, frame.lineno).strip()
+            lines.append(f"      {frame.filename}:{frame.lineno} {code[:100]}")
+    with open(os.environ["MLSEC_BENCH_TRACEMALLOC"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 if __name__ == "__main__":
+    if os.environ.get("MLSEC_BENCH_TRACEMALLOC"):
+        tracemalloc.start(12)
+        signal.signal(signal.SIGUSR1, _dump_allocations)
     sys.exit(cli.main())
