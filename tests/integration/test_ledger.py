@@ -40,9 +40,13 @@ def test_ledger_tracks_approvals_and_blocks_without_policy(
     kube.create(r.policy(namespace))
     md = r.model(namespace)
     kube.create(md)
-    ledger = wait_until(lambda: kube.get(*LEDGER, namespace, "promotion-ledger"), timeout=30,
-                        what="the operator writes the ledger")
-    assert "needs 1 approval from model_approver" in ledger["spec"]["pending"]["mri-classifier"]  # type: ignore[index]
+    def pending() -> str:
+        spec = (kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {}
+        return str((spec.get("pending") or {}).get("mri-classifier") or "")
+
+    message = str(wait_until(pending, timeout=60, what="the operator writes the model into the ledger"))
+    assert "needs 1 approval from model_approver" in message
+    ledger = kube.get(*LEDGER, namespace, "promotion-ledger")
     assert ledger["spec"]["releases"] == {}  # type: ignore[index]
 
     # carol and dave approve (their platform roles come from their authenticated groups here).
@@ -54,7 +58,7 @@ def test_ledger_tracks_approvals_and_blocks_without_policy(
         spec = (kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {}
         return list((spec.get("releases") or {}).get("mri-classifier") or [])
 
-    (entry,) = wait_until(released, timeout=30, what="the approved release in the ledger")  # type: ignore[misc]
+    (entry,) = wait_until(released, timeout=60, what="the approved release in the ledger")  # type: ignore[misc]
     assert entry["version"] == "3" and entry["approvers"] == ["carol", "dave"]
     assert entry["digest"] == md["spec"]["image"].split("@", 1)[1]
 

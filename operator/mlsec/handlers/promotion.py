@@ -115,15 +115,17 @@ def _lock(namespace: str) -> threading.Lock:
         return _ns_locks.setdefault(namespace, threading.Lock())
 
 
-def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None) -> dict[str, Decision]:
+def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None,
+            *, policy_changed: bool = False) -> dict[str, Decision]:
     """Recompute the namespace's ledger (all models, or just ``only``) and approval statuses;
     write only what changed."""
     from mlsec.handlers.deployment import policy_in_force  # one module owns policy lookup
 
     pol, why = policy_in_force(namespace, indexes)
     if pol is None:
-        with _lock(namespace):
-            _block_ledger(namespace, why)
+        if policy_changed:  # the policy went away or became invalid: close the native gate
+            with _lock(namespace):
+                _block_ledger(namespace, why)
         return {}
     with _lock(namespace):
         models = dict(context.snapshot(indexes["models_by_namespace"], namespace))
@@ -279,7 +281,7 @@ def expire_approvals(namespace: str, **kwargs: Any) -> None:
 
 def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:
     _written.pop(namespace, None)
-    refresh(namespace, kwargs)
+    refresh(namespace, kwargs, policy_changed=True)
 
 
 policy.ON_POLICY_CHANGE.insert(0, _policy_changed)
