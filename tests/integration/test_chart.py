@@ -182,7 +182,9 @@ def test_operator_permissions_have_no_wildcard_and_no_secret_listing(
     assert not can("create", "clusterrolebindings")
     assert not can("create", "serviceaccounts/default", "--subresource=token", "-n", namespace)
     assert can("create", "serviceaccounts/mlsec-operator", "--subresource=token", "-n", namespace)
-    assert can("create", "modeldeployments.mlsec.io", "-n", "default")
+    # kubectl resolves the CRD's resource through discovery, which lags a fresh CRD a little.
+    wait_until(lambda: can("create", "modeldeployments.mlsec.io", "-n", "default"), timeout=20,
+               what="can-i create modeldeployments")
     assert can("create", "leases.coordination.k8s.io", "-n", namespace)
 
 
