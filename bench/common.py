@@ -92,6 +92,24 @@ def install_crds(env: local.LocalEnv, timeout: float = 120) -> None:
                 time.sleep(1)
 
 
+def wait_clean(env: local.LocalEnv, timeout: float = 900) -> None:
+    """Wait until no benchmark namespace of an earlier run is still being deleted: the namespace
+    controller deleting thousands of children, and the operator's watches seeing each deletion,
+    would be measured along with this run."""
+    kube = admin_kube(env)
+    deadline = time.monotonic() + timeout
+    while True:
+        namespaces = kube.list("v1", "Namespace", label_selector=f"{BENCH_LABEL}=true")
+        left = [n["metadata"]["name"] for n in namespaces
+                if (n.get("status") or {}).get("phase") == "Terminating"]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"namespaces of an earlier run are still being deleted: {', '.join(left)}")
+        say(f"waiting for {len(left)} namespaces of an earlier run to be deleted")
+        time.sleep(10)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = c.load_env(args.dir)
     c.install_crds(env)
+    c.wait_clean(env)
     kube = c.admin_kube(env)
     workdir = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     namespaces: list[str] = []

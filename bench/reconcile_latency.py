@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = c.load_env(args.dir)
     c.install_crds(env)
+    c.wait_clean(env)
     kube = c.admin_kube(env)
     ns = c.setup_namespace(kube, env, "bench-lat")
     workdir = Path(tempfile.mkdtemp(prefix="bench-lat-"))
