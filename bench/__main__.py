@@ -83,7 +83,9 @@ def rows_idle(r: dict[str, Any]) -> list[Row]:
 def rows_vault(r: dict[str, Any]) -> list[Row]:
     passes = r.get("passes", {})
     out: list[Row] = []
-    for label, p in passes.items():
+    order = ["first", "unchanged", "after"]  # the JSON line has its keys sorted
+    for label, p in sorted(passes.items(), key=lambda kv: next(
+            (i for i, w in enumerate(order) if kv[0].startswith(w)), len(order))):
         out.append((f"Vault ensure() per model p99, {label}", _num(p.get("p99_ms"), " ms", 1),
                     "≤ 1 s budget" if label.startswith("first") else "-",
                     _verdict(r.get("met")) if label.startswith("first") else "-"))
