@@ -100,7 +100,9 @@ def ready(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
 
 # What a just-restarted API server answers for a while: 503 for custom resources until it has
 # loaded the CRDs again, and its admission policies cannot resolve their paramKind (PromotionLedger).
-NOT_YET = ("failed to configure policy", "failed to find resource referenced by paramKind")
+# Under load its lookup of a binding's param can also time out ("failed to configure binding").
+NOT_YET = ("failed to configure policy", "failed to find resource referenced by paramKind",
+           "failed to configure binding")
 
 
 def retried(call: Callable[[], Any], seconds: float = 60) -> Any:
