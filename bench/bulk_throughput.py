@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{opr['all_writes']} ({opr['all_writes'] / max(opr['ready'], 1):.1f} per model); "
           f"RSS after: {opr['rss_mib']:.0f} MiB; operator CPU {opr['cpu_s']:.0f}s "
           f"({opr['cpu_s'] / opr['window_s']:.0%} of one core, "
-          f"{1000 * opr['cpu_s'] / max(opr['ready'], 1):.0f} ms per model)")
+          f"{1000 * opr['cpu_s'] / max(opr['ready'], 1):.0f} ms per model); "
+          f"{opr['reconciles'] / max(opr['ready'], 1):.1f} reconciles per model")
     print("operator writes by verb and resource: " +
           ", ".join(f"{k}: {n}" for k, n in opr["writes_by_kind"].items()))
     c.emit({"bench": "bulk_throughput", "models": args.models, "per_namespace": args.per_namespace,
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             "baseline_threads": args.baseline_threads, "baseline_objects_per_s": round(base_rate, 1),
             "ratio": round(ratio, 3), "goal": {"ratio": GOAL_RATIO}, "met": ratio >= GOAL_RATIO,
             "rss_mib": round(opr["rss_mib"], 1), "load": load, "operator_cpu_s": round(opr["cpu_s"], 1),
-            "operator_cpu_share": round(opr["cpu_s"] / opr["window_s"], 2)})
+            "operator_cpu_share": round(opr["cpu_s"] / opr["window_s"], 2),
+            "reconciles_per_model": round(opr["reconciles"] / max(opr["ready"], 1), 2)})
     return 0
 
 
