@@ -205,13 +205,16 @@ def create_namespace(kube: Kube, prefix: str) -> str:
 
 
 def delete_namespaces(kube: Kube, namespaces: Iterable[str]) -> None:
-    """Delete (without waiting); models keep no finalizer once the operator is gone, else
-    strip it so that the namespace controller can finish."""
+    """Delete (without waiting). The operator is stopped by then, so the finalizers it keeps
+    (models using Vault; every policy: kopf puts one on objects with daemons and timers) are
+    stripped first, or the namespace would stay Terminating for good."""
     for ns in namespaces:
         try:
-            for item in kube.list(API, KIND, ns):
-                if item["metadata"].get("finalizers"):
-                    kube.patch(API, KIND, ns, item["metadata"]["name"], {"metadata": {"finalizers": None}})
+            for kind in (KIND, "MLSecurityPolicy", "ModelApproval"):
+                for item in kube.list(API, kind, ns):
+                    if item["metadata"].get("finalizers"):
+                        kube.patch(API, kind, ns, item["metadata"]["name"],
+                                   {"metadata": {"finalizers": None}})
             kube.delete("v1", "Namespace", None, ns)
         except KubeError as exc:
             print(f"cleanup of {ns}: {exc}", file=sys.stderr)
