@@ -347,12 +347,20 @@ class ReadyWatch:
         with self.cond:
             return sum(1 for g in self.ready_gen.values() if g >= generation)
 
+    def resync(self) -> None:
+        """Read every model once (a watch event can be lost across a reconnect)."""
+        for ns in self.namespaces():
+            items = self.api.list_namespaced_custom_object("mlsec.io", "v1alpha1", ns, PLURAL)["items"]
+            for obj in items:
+                self._seen(obj["metadata"], obj, time.monotonic())
+
     def wait_count(self, n: int, timeout: float, generation: int = 1,
                    progress: Callable[[int], None] | None = None) -> bool:
         deadline = time.monotonic() + timeout
-        last_report = 0.0
-        with self.cond:
-            while True:
+        last_report = last_change = 0.0
+        before = -1
+        while True:
+            with self.cond:
                 have = sum(1 for g in self.ready_gen.values() if g >= generation)
                 if have >= n:
                     return True
@@ -362,7 +370,12 @@ class ReadyWatch:
                 if progress and time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     progress(have)
+                if have != before:
+                    before, last_change = have, time.monotonic()
                 self.cond.wait(min(left, 1.0))
+            if time.monotonic() - last_change > 30:  # stalled: look instead of waiting
+                self.resync()
+                last_change = time.monotonic()
 
 
 # --- the operator process -------------------------------------------------------------------------
