@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 import pytest
@@ -218,6 +219,23 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: f
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def wait_authorized(kube: Kube, namespace: str, rules: list[dict[str, Any]],
+                    subjects: list[dict[str, Any]], timeout: float = 15) -> None:
+    """Wait until the API server's RBAC authorizer (fed by an informer, so a fresh RoleBinding
+    takes a moment) lets every subject do the first verb of every rule in ``namespace``."""
+    users = [f"system:serviceaccount:{s.get('namespace', namespace)}:{s['name']}"
+             if s.get("kind") == "ServiceAccount" else s["name"] for s in subjects]
+    authz = kubernetes.client.AuthorizationV1Api(kube.api)
+    for user in users:
+        for rule in rules:
+            attrs = {"namespace": namespace, "verb": rule["verbs"][0],
+                     "group": rule["apiGroups"][0], "resource": rule["resources"][0]}
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                      "spec": {"user": user, "resourceAttributes": attrs}}
+            wait_until(lambda r=review: authz.create_subject_access_review(r).status.allowed,
+                       timeout=timeout, interval=0.1, what=f"RBAC to let {user} {attrs}")
 
 
 @pytest.fixture(scope="session")

@@ -10,21 +10,21 @@ from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
 
 from . import resources as r
-from .conftest import OperatorProcess, wait_until
+from .conftest import OperatorProcess, wait_authorized, wait_until
 
 LEDGER = ("mlsec.io/v1alpha1", "PromotionLedger")
 
 
 def _grant_approvals(kube: Kube, namespace: str, *users: str) -> None:
+    rules = [{"apiGroups": ["mlsec.io"], "resources": ["modelapprovals"], "verbs": ["create", "get", "list"]}]
+    subjects = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u} for u in users]
     kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                 "metadata": {"name": "approvers", "namespace": namespace},
-                 "rules": [{"apiGroups": ["mlsec.io"], "resources": ["modelapprovals"],
-                            "verbs": ["create", "get", "list"]}]})
+                 "metadata": {"name": "approvers", "namespace": namespace}, "rules": rules})
     kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                  "metadata": {"name": "approvers", "namespace": namespace},
                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approvers"},
-                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u}
-                              for u in users]})
+                 "subjects": subjects})
+    wait_authorized(kube, namespace, rules, subjects)
 
 
 def _approve(kube: Kube, namespace: str, md: dict[str, Any], name: str) -> None:

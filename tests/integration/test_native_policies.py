@@ -38,7 +38,7 @@ from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
 
 from . import resources as r
-from .conftest import wait_until
+from .conftest import wait_authorized, wait_until
 
 API = r.API
 OPERATOR = "system:serviceaccount:mlsec-system:mlsec-operator"
@@ -58,6 +58,7 @@ def _grant(kube: Kube, namespace: str, name: str, rules: list[Obj], *subjects: O
                 "metadata": {"name": name, "namespace": namespace},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                 "subjects": list(subjects)})  # fmt: skip
+    wait_authorized(kube, namespace, rules, list(subjects))
 
 
 def _user(name: str) -> Obj:
