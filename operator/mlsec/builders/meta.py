@@ -9,7 +9,7 @@ from typing import Any
 
 from mlsec import API_VERSION
 from mlsec.api import ModelDeployment
-from mlsec.builders.naming import labels, namespace_of
+from mlsec.builders.naming import LABEL_VERSION, labels, namespace_of
 
 Obj = dict[str, Any]
 
@@ -35,12 +35,19 @@ def owner_reference(md: ModelDeployment) -> Obj:
     }
 
 
-def object_meta(md: ModelDeployment, name: str) -> Obj:
-    """metadata of a child called ``name`` (the desired-hash annotation is added by finish())."""
+def object_meta(md: ModelDeployment, name: str, *, versioned: bool = False) -> Obj:
+    """metadata of a child called ``name`` (the desired-hash annotation is added by finish()).
+
+    Only ``versioned`` children (the Deployment) carry the version label: a new release then
+    rewrites the one child whose content depends on it, not all seven.
+    """
+    child_labels = labels(md)
+    if not versioned:
+        del child_labels[LABEL_VERSION]
     return {
         "name": name,
         "namespace": namespace_of(md),
-        "labels": labels(md),
+        "labels": child_labels,
         "ownerReferences": [owner_reference(md)],
     }
 

@@ -95,7 +95,7 @@ def deployment(md: ModelDeployment, policy: MLSecurityPolicy) -> Obj:
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": object_meta(md, deployment_name(md)),
+            "metadata": object_meta(md, deployment_name(md), versioned=True),
             "spec": {
                 "replicas": md.spec.replicas,
                 "selector": {"matchLabels": selector_labels(md)},

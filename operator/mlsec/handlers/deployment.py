@@ -30,7 +30,7 @@ from mlsec.builders.drift import in_sync, touched_by_others
 from mlsec.builders.naming import MANAGED_BY
 from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
 from mlsec.gate import Decision
-from mlsec.handlers import context, leader, policy, promotion
+from mlsec.handlers import context, leader, observed, policy, promotion
 from mlsec.handlers import vault as vault_step
 from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
@@ -224,10 +224,16 @@ def _apply_children(namespace: str, desired: list[dict[str, Any]]) -> list[str]:
     wanted = {(c["apiVersion"], c["kind"], c["metadata"]["name"]) for c in desired}
     for child in desired:
         meta = child["metadata"]
-        live = kube.get(child["apiVersion"], child["kind"], namespace, meta["name"])
-        if in_sync(child, live):
+        known = observed.in_sync(child)
+        if known is True:
             continue
-        kube.apply(child)
+        if known is None:  # not seen yet, or edited by someone else: compare the whole object
+            live = kube.get(child["apiVersion"], child["kind"], namespace, meta["name"])
+            if in_sync(child, live):
+                if live is not None:
+                    observed.record(live, FIELD_MANAGER)
+                continue
+        observed.record(kube.apply(child), FIELD_MANAGER)
         WRITES.labels(child["kind"]).inc()
         written.append(f"{child['kind']}/{meta['name']}")
     # Prune children no longer desired (e.g. the EnvoyFilter when the rate limit goes away).
@@ -240,6 +246,7 @@ def _apply_children(namespace: str, desired: list[dict[str, Any]]) -> list[str]:
             refs = live.get("metadata", {}).get("ownerReferences") or []
             if owner and any(r.get("uid") == owner for r in refs):
                 kube.delete(api_version, kind, namespace, live["metadata"]["name"])
+                observed.forget(kind, namespace, live["metadata"]["name"])
                 written.append(f"-{kind}/{live['metadata']['name']}")
     return written
 
@@ -301,7 +308,14 @@ def _owner_name(body: kopf.Body) -> str | None:
 def _child_event(type: str | None, body: kopf.Body, namespace: str, **kwargs: Any) -> None:
     """A child changed: repair it if someone else edited or deleted it."""
     owner = _owner_name(body)
-    if owner is None or type is None:  # type None: the initial listing, handled by resume
+    if owner is None:
+        return
+    meta = body.get("metadata", {})
+    if type == "DELETED":
+        observed.forget(str(body.get("kind")), namespace, str(meta.get("name")))
+    else:
+        observed.record(dict(body), FIELD_MANAGER)
+    if type is None or not leader.leading():  # type None: the initial listing, handled by resume
         return
     if type != "DELETED" and not touched_by_others(dict(body), FIELD_MANAGER):
         return
@@ -319,8 +333,9 @@ def _register_child_watches() -> None:
     for api_version, kind in CHILD_KINDS:
         group, _, version = api_version.rpartition("/")
         plural = resource_of(api_version, kind).plural
+        # No when=leader.leading: every replica keeps its view of the children current.
         kopf.on.event(group, version, plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY},
-                      id=f"child-{kind.lower()}", when=leader.leading)(_child_event)
+                      id=f"child-{kind.lower()}")(_child_event)
 
 
 _register_child_watches()

@@ -440,7 +440,9 @@ def _failed(namespace: str, body: Mapping[str, Any], state: _State, exc: SyncFai
         result=Result(status="FAILURE", reason=f"{exc.reason}: {exc.message}"),
         context=Context(policy=f"{namespace}/{(body.get('metadata') or {}).get('name')}"),
     )
-    if namespace not in _SNAPSHOTS:
+    # Only a namespace that had a successful sync (before a restart) has bindings to trust;
+    # one that never synced keeps no snapshot, so the gate uses the authenticated groups.
+    if namespace not in _SNAPSHOTS and last:
         _seed_from_bindings(namespace, body, last)
 
 

@@ -40,6 +40,14 @@ def test_without_rate_limit_there_is_no_envoy_filter() -> None:
     ]
 
 
+def test_a_new_release_changes_only_the_deployment() -> None:
+    before = desired_children(make_md(), make_policy())
+    image = f"registry.hospital.com/models/mri@sha256:{'b' * 64}"
+    after = desired_children(make_md(version="4", image=image), make_policy())
+    changed = [a["kind"] for a, b in zip(after, before, strict=True) if a != b]
+    assert changed == ["Deployment"]
+
+
 def test_every_child_has_the_common_metadata() -> None:
     md = make_md()
     names = child_names(md)
@@ -47,7 +55,8 @@ def test_every_child_has_the_common_metadata() -> None:
         meta = obj["metadata"]
         assert meta["name"] == names[obj["kind"]]
         assert meta["namespace"] == "radiology-ml"
-        assert meta["labels"] == labels(md)
+        versionless = {k: v for k, v in labels(md).items() if k != "app.kubernetes.io/version"}
+        assert meta["labels"] == (labels(md) if obj["kind"] == "Deployment" else versionless)
         assert meta["ownerReferences"] == [
             {
                 "apiVersion": "mlsec.io/v1alpha1",

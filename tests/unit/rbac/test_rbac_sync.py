@@ -286,3 +286,12 @@ def test_cache_is_seeded_from_live_bindings_after_a_restart_during_an_outage(
     snap = h.role_snapshot(NS)
     assert snap is not None and snap.synced_at is not None
     assert snap.synced_at.strftime("%Y-%m-%dT%H:%M:%SZ") == last_sync
+
+
+def test_a_namespace_that_never_synced_keeps_no_snapshot_on_failure(
+        kube: FakeKube, directory: FakeDirectory, audit: io.StringIO) -> None:
+    """No successful sync yet: the gate must fall back to authenticated groups, not to 'nobody
+    has a role' (which an empty snapshot would say)."""
+    directory.error = DirectoryError("Unreachable", "down", retryable=True)
+    h.sync_namespace(NS, policy(kube))
+    assert h.synced_roles_of(NS, "carol") is None and h.role_snapshot(NS) is None
