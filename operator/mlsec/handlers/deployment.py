@@ -30,7 +30,7 @@ from mlsec.builders.drift import in_sync, touched_by_others
 from mlsec.builders.naming import MANAGED_BY
 from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
 from mlsec.gate import Decision
-from mlsec.handlers import context, leader, observed, policy, promotion
+from mlsec.handlers import context, leader, observed, policy, promotion, settings
 from mlsec.handlers import vault as vault_step
 from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
@@ -336,6 +336,8 @@ def _register_child_watches() -> None:
         # No when=leader.leading: every replica keeps its view of the children current.
         kopf.on.event(group, version, plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY},
                       id=f"child-{kind.lower()}")(_child_event)
+        key: tuple[str, str] | tuple[str, str, str] = (group, version, plural) if group else (version, plural)
+        settings.WATCH_LABEL_SELECTORS[key] = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 
 
 _register_child_watches()
