@@ -66,6 +66,7 @@ import aiohttp
 import yaml
 
 from bench import common
+from mlsec.api.ledger import pack_pending
 from mlsec.clients.kube import KubeError
 from mlsec.local import env as local
 from mlsec.local import procs
@@ -193,8 +194,8 @@ def ledger(namespace: str, names: list[str]) -> dict[str, Any]:
             "metadata": {"name": LEDGER, "namespace": namespace},
             "spec": {"policy": "default", "enforcement": "enforce",
                      "images": {"allowedRegistries": ["registry.hospital.com/"], "requireDigest": True},
-                     "blocked": "", "releases": {},
-                     "pending": {name: PENDING for name in names[:MAX_PENDING]}}}
+                     "blocked": "", "releases": "",
+                     "pending": pack_pending({name: PENDING for name in names[:MAX_PENDING]})}}
 
 
 def lease_body(resource_version: str | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from mlsec.api import ModelDeployment
+from mlsec.api.ledger import unpack_releases
 from mlsec.builders import vault as vault_build
 from mlsec.builders.children import CHILD_KINDS
 from mlsec.builders.naming import MANAGED_BY
@@ -483,8 +484,9 @@ def test_webhook_down_promotions_fail_closed_and_nothing_else_is_blocked(
             g.model("alice", "unapproved")
             g.counted(g.approve("carol", "approved"))
             g.counted(g.approve("dave", "approved"))
-            wait_until(lambda: "approved" in ((g.admin.get(r.API, "PromotionLedger", g.ns, "promotion-ledger")
-                                               or {}).get("spec") or {}).get("releases", {}),
+            wait_until(lambda: "approved" in unpack_releases(
+                           ((g.admin.get(r.API, "PromotionLedger", g.ns, "promotion-ledger") or {})
+                            .get("spec") or {}).get("releases") or ""),
                        timeout=30, what="the approved release in the ledger")
             op.stop()
         assert _webhooks_registered(localenv, port), "the webhook configuration should outlive the replica"

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from mlsec.api.ledger import unpack
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
 
@@ -41,13 +42,13 @@ def test_ledger_tracks_approvals_and_blocks_without_policy(
     md = r.model(namespace)
     kube.create(md)
     def pending() -> str:
-        spec = (kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {}
-        return str((spec.get("pending") or {}).get("mri-classifier") or "")
+        spec = unpack((kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {})
+        return str(spec["pending"].get("mri-classifier") or "")
 
     message = str(wait_until(pending, timeout=60, what="the operator writes the model into the ledger"))
     assert "needs 1 approval from model_approver" in message
     ledger = kube.get(*LEDGER, namespace, "promotion-ledger")
-    assert ledger["spec"]["releases"] == {}  # type: ignore[index]
+    assert ledger["spec"]["releases"] == ""  # type: ignore[index]
 
     # carol and dave approve (their platform roles come from their authenticated groups here).
     _grant_approvals(kube, namespace, "carol", "dave")
@@ -55,8 +56,8 @@ def test_ledger_tracks_approvals_and_blocks_without_policy(
     _approve(kube_as("dave"), namespace, md, "by-dave")
 
     def released() -> list[dict[str, Any]]:
-        spec = (kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {}
-        return list((spec.get("releases") or {}).get("mri-classifier") or [])
+        spec = unpack((kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {})
+        return list(spec["releases"].get("mri-classifier") or [])
 
     (entry,) = wait_until(released, timeout=60, what="the approved release in the ledger")  # type: ignore[misc]
     assert entry["version"] == "3" and entry["approvers"] == ["carol", "dave"]

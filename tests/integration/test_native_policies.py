@@ -33,7 +33,7 @@ from mlsec.api.admission import (
     SCALE_GUARD,
     STATUS_GUARD,
 )
-from mlsec.api.ledger import LEDGER_NAME
+from mlsec.api.ledger import LEDGER_NAME, pack, pack_pending, pack_releases, unpack
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
 
@@ -96,7 +96,8 @@ def _ledger(namespace: str, *, releases: dict[str, list[Obj]] | None = None,
         "metadata": {"name": LEDGER_NAME, "namespace": namespace, "labels": MANAGED},
         "spec": {"policy": "default", "enforcement": enforcement,
                  "images": {"allowedRegistries": list(registries), "requireDigest": require_digest},
-                 "blocked": blocked, "releases": releases or {}, "pending": pending or {}},
+                 "blocked": blocked, "releases": pack_releases(releases or {}),
+                 "pending": pack_pending(pending or {})},
     }  # fmt: skip
 
 
@@ -144,7 +145,9 @@ def _publish(operator: Kube, admin: Kube, ledger: Obj, timeout: float = 15) -> N
     nonce = uuid.uuid4().hex[:12]
     namespace = ledger["metadata"]["namespace"]
     probe = r.model(namespace, PROBE, version=nonce, stage="production")
-    ledger["spec"]["releases"][PROBE] = [_release(probe, ("nobody",))]
+    spec = unpack(ledger["spec"])
+    spec["releases"][PROBE] = [_release(probe, ("nobody",))]
+    ledger["spec"] = pack(spec)
     operator.apply(ledger)
     blocked = ledger["spec"]["blocked"]
     deadline = time.monotonic() + timeout
@@ -380,7 +383,7 @@ def test_only_the_operator_writes_the_ledger(
                           LEDGER_GUARD)  # fmt: skip
         assert f"{who} may not delete it" in message
     ledger = operator_kube.get(API, "PromotionLedger", ns, LEDGER_NAME)
-    assert ledger is not None and "mri-classifier" not in ledger["spec"]["releases"]
+    assert ledger is not None and "mri-classifier" not in unpack(ledger["spec"])["releases"]
     # the operator may, of course
     operator_kube.apply(_ledger(ns, releases={"mri-classifier": [_release(md)]}))
     assert operator_kube.delete(API, "PromotionLedger", ns, LEDGER_NAME)

@@ -226,33 +226,43 @@ GATE_MATCH = [
 
 GATE_VARIABLES = [
     ("name", "object.metadata.name"),
-    ("releases", "params.spec.releases[?variables.name].orValue([])"),
-    # The ledger entries for exactly this release.
-    (
-        "matching",
-        "variables.releases.filter(r, r.version == object.spec.version"
-        " && object.spec.image.endsWith('@' + r.digest)"
-        " && r.owner == object.spec.owner"
-        " && r.dataClassification == object.spec.dataClassification)",
-    ),
-    # ... that the requester did not approve: an approver never promotes their own approval.
-    ("byOthers", f"variables.matching.filter(r, !({USER} in r.approvers))"),
-    ("blocked", "params.spec.blocked != ''"),
-    ("allowed", "!variables.blocked && variables.byOthers.size() > 0"),
-    ("audit", AUDIT_MODE),
     (
         "digest",
         "object.spec.image.contains('@')"
         " ? object.spec.image.substring(object.spec.image.lastIndexOf('@') + 1) : 'none'",
     ),
+    # The ledger's line for exactly this release starts with this key (mlsec.api.ledger: no field
+    # holds a tab or newline, so the key matches one whole entry or none).
+    (
+        "key",
+        "'\\n' + variables.name + '\\t' + object.spec.version + '\\t' + variables.digest + '\\t'"
+        " + object.spec.owner + '\\t' + object.spec.dataClassification + '\\t'",
+    ),
+    ("releases", "params.spec.?releases.orValue('')"),
+    ("at", "variables.releases.indexOf(variables.key)"),
+    ("matching", "variables.at >= 0"),
+    # The rest of that line: its approvers, each followed by a tab.
+    (
+        "approvers",
+        "variables.matching ? '\\t' + variables.releases.substring(variables.at + variables.key.size(),"
+        " variables.releases.indexOf('\\n', variables.at + 1)) : ''",
+    ),
+    # ... none of whom may be the requester: an approver never promotes their own approval.
+    ("byOthers", f"variables.matching && !variables.approvers.contains('\\t' + {USER} + '\\t')"),
+    ("blocked", "params.spec.blocked != ''"),
+    ("allowed", "!variables.blocked && variables.byOthers"),
+    ("audit", AUDIT_MODE),
     # The ledger's "missing" text describes the ModelDeployment as stored; use it when the request
     # keeps that release (a stage change), else say which release is not approved.
+    ("pendingText", "params.spec.?pending.orValue('')"),
+    ("pendingAt", "variables.pendingText.indexOf('\\n' + variables.name + '\\t')"),
     (
         "pending",
         "request.operation == 'UPDATE'"
         " && oldObject.spec.version == object.spec.version"
-        " && oldObject.spec.image == object.spec.image"
-        " ? params.spec.pending[?variables.name].orValue('') : ''",
+        " && oldObject.spec.image == object.spec.image && variables.pendingAt >= 0"
+        " ? variables.pendingText.substring(variables.pendingAt + variables.name.size() + 2,"
+        " variables.pendingText.indexOf('\\n', variables.pendingAt + 1)) : ''",
     ),
     (
         "release",
@@ -263,7 +273,7 @@ GATE_VARIABLES = [
         "message",
         "variables.blocked"
         " ? 'promotion to production is blocked in this namespace: ' + params.spec.blocked"
-        " : variables.matching.size() > 0"
+        " : variables.matching"
         f" ? {USER} + ' approved ' + variables.release + ' and so may not promote it:"
         " another person must'"
         " : variables.pending != ''"

@@ -100,8 +100,10 @@ DistinguishedName = Annotated[
     str, StringConstraints(min_length=3, max_length=512, pattern=DN_PATTERN)
 ]
 Duration = Annotated[str, StringConstraints(min_length=2, max_length=32, pattern=DURATION_PATTERN)]
-# A Kubernetes user name as authenticated by the API server (LDAP uid here); free-form by design.
-UserName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+# A Kubernetes user name as authenticated by the API server (LDAP uid here); free-form by design,
+# except control characters (the promotion ledger separates its fields with tabs and newlines).
+USER_NAME_PATTERN = r"^[^\x00-\x1F\x7F]+$"
+UserName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=USER_NAME_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 

@@ -20,6 +20,8 @@ import kopf
 
 from mlsec import GROUP, VERSION
 from mlsec.api import MLSecurityPolicy
+from mlsec.api.ledger import pack as pack_ledger
+from mlsec.api.ledger import unpack as unpack_ledger
 from mlsec.audit.events import Action, Actor, Context, EventType, Resource, Result
 from mlsec.builders.conditions import Cond
 from mlsec.clients.kube import KubeError
@@ -156,10 +158,12 @@ def _block_ledger(namespace: str, why: str) -> None:
     if live is None or (live.get("spec") or {}).get("blocked") == why[:512]:
         return
     _ledgers.pop(namespace, None)
-    _write_ledger(namespace, {**live["spec"], "blocked": why[:512]})
+    _write_ledger(namespace, {**unpack_ledger(live["spec"]), "blocked": why[:512]})
 
 
 def _write_ledger(namespace: str, spec: dict[str, Any]) -> None:
+    """Write ``spec`` (releases and pending as maps) packed, unless the live ledger has it."""
+    spec = pack_ledger(spec)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     kube = context.kube()
     if namespace not in _written:
