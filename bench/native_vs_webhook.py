@@ -2,7 +2,7 @@
 policies vs. through the kopf webhook, in the same run.
 
     .venv/bin/mlsec local up --dir /tmp/env-bench          # or reuse any running environment
-    .venv/bin/python -m bench.native_vs_webhook --dir /tmp/env-bench [-n 100 --rounds 3 --pending N]
+    .venv/bin/python -m bench.native_vs_webhook --dir /tmp/env-bench [-n 100 --rounds 3 --releases N]
 
 Four series, interleaved round by round (none, native, webhook, both, none, …) so that the
 machine's noise hits all of them alike:
@@ -31,9 +31,9 @@ buckets' resolution, 5/25/100 ms) and per admission plugin. CPU time of kube-api
 operator per request comes from /proc. The goal's verdict: for every op, the server-side p99 (audit
 log) of "native" at most 5 ms above that of "none".
 
-The namespaces' PromotionLedger, the native policies' params, lists one pending model per model of
-the run (what the operator writes when none is approved; ``--pending N`` for fewer): the API
-server's cost of the native policies grows with that object's size.
+The namespaces' PromotionLedger, the native policies' params, holds approved releases of 100 other
+models (``--releases N``), none of the run's: the API server's cost of the native policies grows
+with that object's size (see mlsec.api.ledger for why it is packed and small).
 
 The operator runs as a non-leader (a Lease held by "bench-holder"): it serves the webhooks with
 its indexes filled but reconciles nothing, so no reconcile load distorts the figures. The
@@ -66,7 +66,7 @@ import aiohttp
 import yaml
 
 from bench import common
-from mlsec.api.ledger import pack_pending
+from mlsec.api.ledger import pack_releases
 from mlsec.clients.kube import KubeError
 from mlsec.local import env as local
 from mlsec.local import procs
@@ -85,7 +85,7 @@ LEDGER = "promotion-ledger"
 STAGE_LABEL = "mlsec.io/stage"  # set by the native MutatingAdmissionPolicy mlsec-stage-label
 REQUESTED_BY = "mlsec.io/requested-by"  # set by the mutating webhook deployment-stamp
 PENDING = "bench: no ModelApproval for this release (issue 11 benchmark)"
-MAX_PENDING = 1024  # the ledger schema's bound
+MAX_PENDING = 1024  # approved releases written into the ledger at most
 AGENT = "mlsec-bench-nvw"  # user agent prefix: AGENT/<series>/<op> for the measured requests
 GOAL_MS = 5.0
 
@@ -187,15 +187,18 @@ def model_names(rounds: int, n: int) -> list[str]:
 
 
 def ledger(namespace: str, names: list[str]) -> dict[str, Any]:
-    """What the operator would write for the namespace: the policy's image rules, no approved
-    release, ``names`` pending (mlsec.api.ledger, mlsec.gate.adapt.ledger_spec). The native
-    policies' cost grows with this object's size (it is their params)."""
+    """What the operator would write for the namespace: the policy's image rules and an approved
+    release of each of ``names`` — other models than the run's, whose promotions stay denied
+    (mlsec.api.ledger, mlsec.gate.adapt.ledger_spec). The native policies' cost grows with this
+    object's size (it is their params)."""
+    release = {"version": "1", "digest": "sha256:" + "c" * 64, "owner": "alice",
+               "dataClassification": "phi", "approvers": ["carol", "dave"]}
+    releases = {name: [release] for name in names}
     return {"apiVersion": common.API, "kind": "PromotionLedger",
             "metadata": {"name": LEDGER, "namespace": namespace},
             "spec": {"policy": "default", "enforcement": "enforce",
                      "images": {"allowedRegistries": ["registry.hospital.com/"], "requireDigest": True},
-                     "blocked": "", "releases": "",
-                     "pending": pack_pending({name: PENDING for name in names[:MAX_PENDING]})}}
+                     "blocked": "", "releases": pack_releases(releases)}}
 
 
 def lease_body(resource_version: str | None = None) -> dict[str, Any]:
@@ -279,13 +282,10 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 class Bench:
     def __init__(self, env: local.LocalEnv, workdir: Path, n: int, rounds: int, settle: float,
-                 pending: int = -1) -> None:
+                 releases: int = 100) -> None:
         self.env, self.workdir, self.n, self.rounds, self.settle = env, workdir, n, rounds, settle
-        # the ledger's pending entries: by default every model of the run (what the operator writes
-        # for a namespace whose models are all unapproved), else the first ``pending`` of them
-        names = ["probe", *model_names(rounds, n)]
-        self.pending = names[:pending] if pending >= 0 else names
-        self.pending = self.pending[:MAX_PENDING]
+        # approved releases of other models in the ledger (a namespace with models in production)
+        self.pending = [f"approved-{i:04d}" for i in range(min(releases, MAX_PENDING))]
         cfg = yaml.safe_load(env.kubeconfig.read_text())
         cluster = cfg["clusters"][0]["cluster"]
         self.server = cluster["server"]
@@ -645,7 +645,7 @@ class Bench:
               f"{len(SERIES)} series x {len(OPS)} bursts of {self.n} concurrent requests; "
               f"{os.cpu_count()} CPUs; load average at each round's start and at the end: "
               f"{' | '.join(self.loads)}; the PromotionLedger (the native policies' params) lists "
-              f"{len(self.pending)} pending models\n")
+              f"{len(self.pending)} approved releases of other models\n")
         print(common.table("End to end (client, aiohttp), ms",
                            ["series", "op", "n", "failures", "p50", "p99", "mean", "outcomes"], rows))
         print()
@@ -683,7 +683,7 @@ class Bench:
               f"{overhead[worst]['e2e_p99_ms']:+.1f} ms; mean admission time added: "
               f"{overhead[worst]['admission_mean_ms']:+.2f} ms)")
         return {"benchmark": "native_vs_webhook", "clients": self.n, "rounds": self.rounds,
-                "ledger_pending": len(self.pending),
+                "ledger_releases": len(self.pending),
                 "cpus": os.cpu_count(), "load_average": self.loads, "end_to_end": e2e, "server": server,
                 "ratio_webhook_native": ratios, "overhead_native_minus_none": overhead,
                 "operator_writes": dict(writes), "operator_led": bool(leader),
@@ -699,13 +699,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the four series (3)")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds to wait once a switch is seen in effect (1)")
-    parser.add_argument("--pending", type=int, default=-1,
-                        help="pending entries in the PromotionLedger (default: one per model of the run, "
-                        f"as the operator writes them; at most {MAX_PENDING})")
+    parser.add_argument("--releases", type=int, default=100,
+                        help="approved releases of other models in the PromotionLedger (default 100, "
+                        f"at most {MAX_PENDING})")
     args = parser.parse_args()
     env = common.load_env(args.dir)
     with tempfile.TemporaryDirectory(prefix="mlsec-bench-nvw-") as tmp:
-        result = Bench(env, Path(tmp), args.clients, args.rounds, args.settle, args.pending).run(args.keep)
+        result = Bench(env, Path(tmp), args.clients, args.rounds, args.settle, args.releases).run(args.keep)
     common.emit(result)
     return 0
 

@@ -42,13 +42,15 @@ def test_ledger_tracks_approvals_and_blocks_without_policy(
     md = r.model(namespace)
     kube.create(md)
     def pending() -> str:
-        spec = unpack((kube.get(*LEDGER, namespace, "promotion-ledger") or {}).get("spec") or {})
-        return str(spec["pending"].get("mri-classifier") or "")
+        body = kube.get(r.API, "ModelDeployment", namespace, "mri-classifier") or {}
+        ledger = kube.get(*LEDGER, namespace, "promotion-ledger")
+        return str((body.get("status") or {}).get("promotionPending") or "") if ledger else ""
 
-    message = str(wait_until(pending, timeout=60, what="the operator writes the model into the ledger"))
+    message = str(wait_until(pending, timeout=60, what="the ledger, and what is missing in the status"))
     assert "needs 1 approval from model_approver" in message
     ledger = kube.get(*LEDGER, namespace, "promotion-ledger")
     assert ledger["spec"]["releases"] == ""  # type: ignore[index]
+    assert "pending" not in ledger["spec"]  # type: ignore[index]
 
     # carol and dave approve (their platform roles come from their authenticated groups here).
     _grant_approvals(kube, namespace, "carol", "dave")

@@ -33,7 +33,7 @@ from mlsec.api.admission import (
     SCALE_GUARD,
     STATUS_GUARD,
 )
-from mlsec.api.ledger import LEDGER_NAME, pack, pack_pending, pack_releases, unpack
+from mlsec.api.ledger import LEDGER_NAME, pack, pack_releases, unpack
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
 
@@ -88,7 +88,7 @@ def _release(md: Obj, approvers: tuple[str, ...] = ("carol", "dave")) -> Obj:
 
 
 def _ledger(namespace: str, *, releases: dict[str, list[Obj]] | None = None,
-            pending: dict[str, str] | None = None, enforcement: str = "enforce", blocked: str = "",
+            enforcement: str = "enforce", blocked: str = "",
             registries: tuple[str, ...] = ("registry.hospital.com/",),
             require_digest: bool = True) -> Obj:  # fmt: skip
     return {
@@ -96,8 +96,7 @@ def _ledger(namespace: str, *, releases: dict[str, list[Obj]] | None = None,
         "metadata": {"name": LEDGER_NAME, "namespace": namespace, "labels": MANAGED},
         "spec": {"policy": "default", "enforcement": enforcement,
                  "images": {"allowedRegistries": list(registries), "requireDigest": require_digest},
-                 "blocked": blocked, "releases": pack_releases(releases or {}),
-                 "pending": pack_pending(pending or {})},
+                 "blocked": blocked, "releases": pack_releases(releases or {})},
     }  # fmt: skip
 
 
@@ -165,6 +164,13 @@ def _publish(operator: Kube, admin: Kube, ledger: Obj, timeout: float = 15) -> N
 
 
 PENDING = "needs 1 approval from compliance_reviewer (required for phi models); have 0"
+
+
+def _pending(operator: Kube, md: Obj, text: str = PENDING) -> None:
+    """What the operator writes in a model's status when its release is not approved (the gate's
+    denial message reads it from there)."""
+    operator.apply_status(API, "ModelDeployment", md["metadata"]["namespace"], md["metadata"]["name"],
+                          {"promotionPending": text})  # fmt: skip
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -246,14 +252,15 @@ def ns(kube: Kube, namespace: str, policies: float) -> str:
 
 
 def test_promotion_needs_an_approved_release_in_the_ledger(
-    kube_as: Callable[[str], Kube], publish: Callable[[Obj], None], ns: str
+    kube_as: Callable[[str], Kube], publish: Callable[[Obj], None], ns: str, operator_kube: Kube
 ) -> None:
     bob = kube_as("bob")
     md = r.model(ns)  # phi, owner alice
-    publish(_ledger(ns, pending={md["metadata"]["name"]: PENDING}))
+    publish(_ledger(ns))
 
     bob.apply(md)  # staging: nothing to approve
     bob.apply({**md, "spec": {**md["spec"], "replicas": 3}})
+    _pending(operator_kube, md)
     message = _denied(lambda: bob.apply(_promoted(md)), GATE)
     assert f"mri-classifier version 3 (image digest {_digest_of(md)}) is not approved for " \
            f"production: {PENDING}" in message  # fmt: skip
@@ -322,10 +329,10 @@ def test_without_a_ledger_production_is_denied_and_staging_allowed(
 
 
 def test_audit_enforcement_warns_and_allows(
-    localenv: local.LocalEnv, publish: Callable[[Obj], None], ns: str
+    localenv: local.LocalEnv, publish: Callable[[Obj], None], ns: str, operator_kube: Kube
 ) -> None:
     md = r.model(ns)
-    publish(_ledger(ns, enforcement="audit", pending={"mri-classifier": PENDING}))
+    publish(_ledger(ns, enforcement="audit"))
 
     def kubectl_apply(doc: Obj) -> str:
         proc = localenv.kubectl("apply", "--server-side", "-f", "-", user="bob",
@@ -333,6 +340,7 @@ def test_audit_enforcement_warns_and_allows(
         return proc.stderr
 
     assert "Warning" not in kubectl_apply(md)
+    _pending(operator_kube, md)
     warning = kubectl_apply(_promoted(md))
     assert f"Warning: Validation failed for ValidatingAdmissionPolicy '{GATE_AUDIT}'" in warning
     assert f"enforcement is audit, so this is allowed, but: mri-classifier version 3 (image digest " \
@@ -375,7 +383,7 @@ def test_only_the_operator_writes_the_ledger(
         message = _denied(lambda c=client: c.apply(forged), LEDGER_GUARD)
         assert f"{who} may not create it" in message
 
-    _publish(operator_kube, kube, _ledger(ns, pending={"mri-classifier": PENDING}))
+    _publish(operator_kube, kube, _ledger(ns))
     for who, client in writers_by_name.items():  # ... change it, or delete it
         message = _denied(lambda c=client: c.apply(forged), LEDGER_GUARD)
         assert f"{who} may not update it" in message
@@ -556,14 +564,15 @@ def test_only_the_operator_edits_its_children(
 
 def test_without_the_mutating_policies_the_validating_ones_still_hold(
     localenv: local.LocalEnv, kube: Kube, kube_as: Callable[[str], Kube],
-    publish: Callable[[Obj], None], ns: str
+    publish: Callable[[Obj], None], ns: str, operator_kube: Kube
 ) -> None:  # fmt: skip
     """As if MutatingAdmissionPolicy were missing or unbound: a forged approver is refused (not
     overwritten), and a forged stage label dodges nothing where a ledger exists. Last in the
     module: it unbinds the mutating policies for a moment and puts them back."""
     md = r.model(ns)
-    publish(_ledger(ns, pending={"mri-classifier": PENDING}))
+    publish(_ledger(ns))
     kube_as("bob").apply(md)
+    _pending(operator_kube, md)
     approval = {"apiVersion": API, "kind": "ModelApproval",
                 "metadata": {"name": "forged", "namespace": ns},
                 "spec": {"modelDeployment": "mri-classifier", "version": "3",

@@ -252,17 +252,15 @@ GATE_VARIABLES = [
     ("blocked", "params.spec.blocked != ''"),
     ("allowed", "!variables.blocked && variables.byOthers"),
     ("audit", AUDIT_MODE),
-    # The ledger's "missing" text describes the ModelDeployment as stored; use it when the request
-    # keeps that release (a stage change), else say which release is not approved.
-    ("pendingText", "params.spec.?pending.orValue('')"),
-    ("pendingAt", "variables.pendingText.indexOf('\\n' + variables.name + '\\t')"),
+    # What is missing, as the operator last wrote it in the ModelDeployment's status (status is
+    # the operator's alone): it describes the stored release, so use it when the request keeps
+    # that release (a stage change); else say which release is not approved.
     (
         "pending",
         "request.operation == 'UPDATE'"
         " && oldObject.spec.version == object.spec.version"
-        " && oldObject.spec.image == object.spec.image && variables.pendingAt >= 0"
-        " ? variables.pendingText.substring(variables.pendingAt + variables.name.size() + 2,"
-        " variables.pendingText.indexOf('\\n', variables.pendingAt + 1)) : ''",
+        " && oldObject.spec.image == object.spec.image"
+        " ? oldObject.?status.?promotionPending.orValue('') : ''",
     ),
     (
         "release",

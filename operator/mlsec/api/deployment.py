@@ -236,6 +236,11 @@ class ModelDeploymentStatus(StatusModel):
         max_length=16,
         description="What the promotion rules still require, e.g. 'compliance_reviewer: 1 more'.",
     )
+    promotion_pending: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        default=None,
+        description="Why the current spec may not go to production yet (what is missing), as "
+        "the API server's promotion gate shows it when it refuses a promotion; empty once approved.",
+    )
     requested_by: UserName | None = Field(
         default=None, description="User who requested the current stage, version or image."
     )

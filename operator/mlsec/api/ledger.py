@@ -3,20 +3,20 @@
 One object per namespace, named ``promotion-ledger``, written only by the operator's
 ServiceAccount (RBAC, plus the ValidatingAdmissionPolicy ``mlsec-ledger-guard``: not even a cluster
 admin may write it). It is the params object of the native promotion gate and image rules
-(``mlsec.api.admission``): the API server compares each production request against it, and shows
-its ``pending`` text when it refuses one. The operator recomputes it when approvals, policies or
-LDAP memberships change, and removes releases whose approvals expired.
+(``mlsec.api.admission``): the API server compares each production request against it. The
+operator recomputes it when approvals, policies or LDAP memberships change, and removes releases
+whose approvals expired.
 
-Every string is bounded: the API server estimates the cost of the admission policies' CEL
-expressions from these bounds.
-
-``releases`` and ``pending`` are packed into one string each, a line per entry, tab-separated
-(:func:`pack_releases`, :func:`pack_pending`). Measured on kube-apiserver 1.37: the API server turns
-the whole params object into CEL values on every admission request, so its cost grows with the
-number of entries (1,000 pending entries as a map: +50 ms of API-server CPU per create; 1,000
-releases as lists of objects: +140 ms) — and one string costs the same whatever its length. The
-policies find an entry with ``indexOf`` on a key that ends in a tab; no field may contain a tab
-or a newline, so a key matches exactly one whole entry.
+It is kept small on purpose. Measured on kube-apiserver 1.37 (100 concurrent creates): the API
+server converts the whole params object on every admission request, so its CPU cost grows with
+the object — 1,000 releases as lists of objects cost +140 ms per create, 1,000 pending messages
+as a map +50 ms, the same as packed strings still +25 ms (it grows with bytes too). So
+``releases`` is one packed string (a line per approved release, tab-separated:
+:func:`pack_releases`), and the "what is missing" text of unapproved models is not here but in
+each ModelDeployment's ``status.promotionPending``, which the gate reads from ``oldObject``
+(status is written only by the operator too). The policies find a release with ``indexOf`` on a
+key that ends in a tab; no field may contain a tab or a newline, so a key matches exactly one
+whole entry.
 """
 
 from __future__ import annotations
@@ -102,11 +102,6 @@ class PromotionLedgerSpec(SpecModel):
         "every field followed by a tab. Packed into one string because the API server's cost "
         "per admission request grows with the number of entries of its params object.",
     )
-    pending: Annotated[str, StringConstraints(max_length=MAX_PACKED)] = Field(
-        default="",
-        description="One line per ModelDeployment whose current spec is not approved: its name, "
-        "a tab, and what is still missing (shown when a promotion is refused).",
-    )
 
 
 def _clean(field: str) -> str:
@@ -139,29 +134,17 @@ def unpack_releases(text: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def pack_pending(pending: Mapping[str, str]) -> str:
-    """``{model: message}`` as the ledger's ``pending`` string (tabs and newlines in a message
-    become spaces)."""
-    lines = [_clean(name) + FIELD_SEP + " ".join(msg.split())[:MAX_MESSAGE]
-             for name, msg in sorted(pending.items())]
-    return "".join(LINE_SEP + line for line in lines) + (LINE_SEP if lines else "")
-
-
-def unpack_pending(text: str) -> dict[str, str]:
-    return dict(line.split(FIELD_SEP, 1) for line in filter(None, text.split(LINE_SEP)))
-
-
 def pack(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A ledger spec with ``releases``/``pending`` as maps (how the operator computes it) → the
+    """A ledger spec as the operator computes it (``releases`` as a map; ``pending`` messages,
+    which go to each ModelDeployment's ``status.promotionPending`` instead) → the
     PromotionLedger's spec."""
-    return {**spec, "releases": pack_releases(spec.get("releases") or {}),
-            "pending": pack_pending(spec.get("pending") or {})}
+    out = {k: v for k, v in spec.items() if k != "pending"}
+    return {**out, "releases": pack_releases(spec.get("releases") or {})}
 
 
 def unpack(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`pack` (without the releases' validUntil, which is not stored)."""
-    return {**spec, "releases": unpack_releases(str(spec.get("releases") or "")),
-            "pending": unpack_pending(str(spec.get("pending") or ""))}
+    return {**spec, "releases": unpack_releases(str(spec.get("releases") or ""))}
 
 
 class PromotionLedger(CustomResource):

@@ -212,7 +212,8 @@ def _gate_fields(decision: Decision, requester: str | None) -> dict[str, Any]:
         approvals.append({k: x for k, x in entry.items() if x is not None})
     missing = [f"{s.role}: {s.needed - s.have} more" + (f" ({s.why})" if s.why else "")
                for s in decision.missing[:16]]
-    out: dict[str, Any] = {"approvals": approvals, "missingApprovals": missing}
+    out: dict[str, Any] = {"approvals": approvals, "missingApprovals": missing,
+                           "promotionPending": "" if decision.allowed else decision.message()[:512]}
     if requester:
         out["requestedBy"] = requester
     return out

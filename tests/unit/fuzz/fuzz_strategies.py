@@ -54,7 +54,8 @@ quantity = st.integers(0, 10**6) | st.builds(
     st.sampled_from(["", ".5", ".25"]), st.sampled_from(["", "m", "Ki", "Mi", "Gi", "Ti", "k", "M", "G"]))
 segment = st.text(ALNUM + "_+-", min_size=1, max_size=12)
 vault_path = st.lists(segment, min_size=1, max_size=5).map("/".join)
-user = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40)
+# Any user name but control characters (mlsec.api.common.USER_NAME_PATTERN).
+user = st.text(st.characters(exclude_categories=["Cs", "Cc"]), min_size=1, max_size=40)
 stage = st.sampled_from([s.value for s in Stage])
 classification = st.sampled_from([d.value for d in DataClassification])
 role = st.sampled_from([r.value for r in PlatformRole])
@@ -144,7 +145,7 @@ def invalid_model_spec(draw: st.DrawFn) -> Mutation:
         ,
         lambda: ("spec.dataClassification", _set(spec, ["dataClassification"], draw(st.sampled_from(
             ["secret", "PHI", "", "top"])))),
-        lambda: ("spec.owner", _set(spec, ["owner"], draw(st.sampled_from(["", "x" * 254])))),
+        lambda: ("spec.owner", _set(spec, ["owner"], draw(st.sampled_from(["", "x" * 254, "a\tb"])))),
         lambda: ("spec.replicas", _set(spec, ["replicas"], draw(st.sampled_from(
             [-1, 101, 10**9, "two", 1.5])))),
         lambda: ("spec.port", _set(spec, ["port"], draw(st.sampled_from([0, -80, 65536, "http"])))),
