@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 FIELD_MANAGER = "mlsec-operator"
 USER_AGENT = "mlsec-operator/0.1.0"
+POOL_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ class Kube:
             api_client = load_api_client()
             # Our writes are recognisable in the API server's audit log by this user agent.
             api_client.user_agent = USER_AGENT
+            # Handlers write from several threads at once (kopf's workers, a reconcile's children):
+            # keep that many connections alive instead of opening and discarding TLS connections.
+            api_client.configuration.connection_pool_maxsize = POOL_SIZE
+            api_client.rest_client = kubernetes.client.rest.RESTClientObject(api_client.configuration)
         self.api = api_client
         self.field_manager = field_manager
 

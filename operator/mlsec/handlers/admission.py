@@ -257,7 +257,7 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
                      **common)(approval_check)
     kopf.on.mutate(GROUP, VERSION, MODELS, id="deployment-stamp", operations=["CREATE", "UPDATE"],
                    **common)(deployment_stamp)
-    kopf.on.validate(GROUP, VERSION, MODELS, id="deployment-gate", operations=["CREATE", "UPDATE"],
+    kopf.on.validate(GROUP, VERSION, MODELS, id=webhook.GATE_HOOK, operations=["CREATE", "UPDATE"],
                      side_effects=True, **common)(deployment_gate)
     kopf.on.event(GROUP, VERSION, POLICIES, id="admission-indexes-ready", registry=reg)(indexes_ready)
     for plural in (MODELS, APPROVALS, POLICIES):

@@ -293,13 +293,15 @@ def _observe(kind: str, body: Mapping[str, Any], type_: str | None) -> None:
         request_sync()
 
 
+# Async (in kopf's event loop, a hash and a dict lookup): a thread for each of the many model
+# events would queue the reconciles behind them.
 @kopf.on.event(GROUP, VERSION, "mlsecuritypolicies", id="people-policy-watch")
-def policy_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def policy_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     _observe(POLICY_KIND, body, type)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments", id="people-model-watch")
-def model_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def model_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     _observe("ModelDeployment", body, type)
 
 

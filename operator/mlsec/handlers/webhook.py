@@ -89,6 +89,9 @@ class Server(kopf.WebhookServer):
             yield client_config(config, self.service)
 
 
+GATE_HOOK = "deployment-gate"
+
+
 def adjust_webhooks(webhooks: list[dict[str, Any]], *, failure_policy: str, timeout: int,
                     exempt: str | None = None, group: str = GROUP) -> list[dict[str, Any]]:
     """Our registration conventions on top of what kopf builds (pure).
@@ -104,11 +107,18 @@ def adjust_webhooks(webhooks: list[dict[str, Any]], *, failure_policy: str, time
             continue
         adjusted = {**hook, "rules": rules, "failurePolicy": failure_policy,
                     "timeoutSeconds": max(1, min(30, int(timeout)))}
+        conditions = []
         if exempt:
-            adjusted["matchConditions"] = [{
+            conditions.append({
                 "name": "not-the-operator",
                 "expression": f"request.userInfo.username != {json.dumps(exempt)}",
-            }]
+            })
+        if str(hook.get("name", "")).startswith(f"{GATE_HOOK}."):
+            # The gate decides promotions only (stage rules are the CRD's): every other write of a
+            # ModelDeployment skips the network hop.
+            conditions.append({"name": "production", "expression": "object.spec.stage == 'production'"})
+        if conditions:
+            adjusted["matchConditions"] = conditions
         out.append(adjusted)
     return out
 

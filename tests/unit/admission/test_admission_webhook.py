@@ -129,6 +129,15 @@ def test_adjust_webhooks() -> None:
     assert "matchConditions" not in webhook.adjust_webhooks(hooks, failure_policy="Fail", timeout=5)[0]
 
 
+def test_the_gate_webhook_is_called_for_production_writes_only() -> None:
+    hooks = [_hook(["mlsec.io"], name="deployment-gate.mlsec.io"),
+             _hook(["mlsec.io"], name="deployment-stamp.x")]
+    gate, stamp = webhook.adjust_webhooks(hooks, failure_policy="Fail", timeout=5, exempt=OPERATOR)
+    production = {"name": "production", "expression": "object.spec.stage == 'production'"}
+    assert gate["matchConditions"][-1] == production
+    assert [c["name"] for c in stamp["matchConditions"]] == ["not-the-operator"]
+
+
 def test_decide_failure_policy() -> None:
     def boom() -> bool:
         raise KubeError(503, "ServiceUnavailable", "discovery failed")
