@@ -169,8 +169,10 @@ PENDING = "needs 1 approval from compliance_reviewer (required for phi models); 
 def _pending(operator: Kube, md: Obj, text: str = PENDING) -> None:
     """What the operator writes in a model's status when its release is not approved (the gate's
     denial message reads it from there)."""
+    # Own field manager: a running operator (the session's, reconciling this policy-less namespace)
+    # applies its status under its manager without this field, which must not remove ours.
     operator.apply_status(API, "ModelDeployment", md["metadata"]["namespace"], md["metadata"]["name"],
-                          {"promotionPending": text})  # fmt: skip
+                          {"promotionPending": text}, manager="mlsec-tests-pending")  # fmt: skip
 
 
 # --- fixtures ---------------------------------------------------------------------------------

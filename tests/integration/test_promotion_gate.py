@@ -142,9 +142,13 @@ def test_webhooks_are_registered_for_mlsec_io_only(gate_operator: OperatorProces
             assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 5
             assert hook["clientConfig"]["url"].startswith("https://127.0.0.1:")
             assert hook["clientConfig"]["caBundle"]
-            assert hook["matchConditions"] == [{  # the operator never depends on its own webhook
+            assert hook["matchConditions"][0] == {  # the operator never depends on its own webhook
                 "name": "not-the-operator",
-                "expression": f'request.userInfo.username != "{OPERATOR}"'}]
+                "expression": f'request.userInfo.username != "{OPERATOR}"'}
+            # the gate decides promotions only: other writes skip the hop
+            only_production = [{"name": "production", "expression": "object.spec.stage == 'production'"}]
+            gate = hook["name"].startswith("deployment-gate.")
+            assert hook["matchConditions"][1:] == (only_production if gate else [])
             assert {g for rule in hook["rules"] for g in rule["apiGroups"]} == {"mlsec.io"}
     # This API server serves MutatingAdmissionPolicy, so the default (auto) would register Ignore.
     from mlsec.clients.kube import Kube, load_api_client
