@@ -30,7 +30,7 @@ import yaml
 from mlsec.api import ModelDeployment
 from mlsec.api.ledger import unpack_releases
 from mlsec.builders import vault as vault_build
-from mlsec.builders.children import CHILD_KINDS
+from mlsec.builders.children import CHILD_KINDS, child_names
 from mlsec.builders.naming import MANAGED_BY
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
@@ -515,3 +515,39 @@ def _webhooks_registered(localenv: local.LocalEnv, port: int) -> bool:
     return True
 
 
+
+
+def test_restart_with_many_models_resumes_them_all(
+        request: pytest.FixtureRequest, localenv: local.LocalEnv, crds_installed: None, kube: Kube,
+        namespace: str, tmp_path: Path) -> None:
+    """A restart with more ModelDeployments than kopf once had workers for (a limit of 50 deadlocked
+    it: each worker held its slot while waiting for every index to be complete) resumes them all,
+    including what changed while no operator ran."""
+    kube.create(r.policy(namespace))
+    names = [f"r-{i:03d}" for i in range(80)]
+    for name in names:
+        kube.create(r.model(namespace, name))
+
+    def all_ready() -> bool:
+        return all(ready(kube, namespace, name) for name in names)
+
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+    with sole_operator(request, localenv, tmp_path / "first", "--no-leader-election"):
+        wait_until(all_ready, timeout=240, what="80 models Ready")
+    # While no operator runs: a child is deleted, a model is scaled.
+    service = child_names(ModelDeployment.model_validate(kube.get(r.API, MD, namespace, names[0])))["Service"]
+    deployment = child_names(ModelDeployment.model_validate(kube.get(r.API, MD, namespace, names[-1])))[
+        "Deployment"]
+    assert kube.delete("v1", "Service", namespace, service)
+    kube.patch(r.API, MD, namespace, names[-1], {"spec": {"replicas": 3}})
+
+    def scaled() -> bool:
+        live = kube.get("apps/v1", "Deployment", namespace, deployment) or {}
+        return bool(ready(kube, namespace, names[-1])) and live.get("spec", {}).get("replicas") == 3
+
+    with sole_operator(request, localenv, tmp_path / "second", "--no-leader-election"):
+        wait_until(lambda: kube.get("v1", "Service", namespace, service), timeout=120,
+                   what="the deleted Service recreated after the restart")
+        wait_until(scaled, timeout=120, what="the scaled model rolled out")
+        assert all_ready()

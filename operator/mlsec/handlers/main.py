@@ -9,7 +9,7 @@ import logging
 import kopf
 from prometheus_client import start_http_server
 
-from mlsec.handlers import settings
+from mlsec.handlers import kopf_patches, settings
 
 # Importing these registers their kopf handlers.
 HANDLER_MODULES = (
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
         leader.start(cfg.lease_namespace)
     liveness = f"http://{cfg.bind_address}:{cfg.health_port}/healthz" if cfg.health_port else None
+    kopf_patches.apply()  # start-up with many indexed objects (see the module)
     kopf.run(
         standalone=True,
         clusterwide=not cfg.namespaces,
