@@ -177,6 +177,11 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
             if write_status(KIND, body, conds, {**_rollout_fields(body), **gate_fields}):
                 kopf.warn(body, reason=outcome.reason, message=outcome.message)
             return Outcome(rolled_out=False, retry=outcome.message)
+    elif (body.get("status") or {}).get("vault"):
+        # No secrets any more, but a Vault role and policy were written for this model: they go
+        # (level-based; the vault-retire update handler misses the change when kopf merged it
+        # into the creation). The status below then drops its vault fields.
+        vault_step.retire_unused(body)
 
     desired = desired_children(md, pol)
     written = _apply_children(namespace, desired, created)

@@ -351,6 +351,12 @@ def retire(body: kopf.Body, retry: int, **_: Any) -> None:
     _release(body, retry, deleting=False)
 
 
+def retire_unused(body: dict[str, Any]) -> None:
+    """From the reconcile: remove the Vault objects of a model that no longer uses Vault, or raise
+    kopf.TemporaryError (level-based twin of :func:`retire`)."""
+    _release(body, 0, deleting=False)
+
+
 # --- periodic comparison ------------------------------------------------------------------------
 
 
