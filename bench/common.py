@@ -30,7 +30,7 @@ from typing import Any
 import kubernetes
 import yaml
 
-from mlsec.clients.kube import Kube, KubeError, load_api_client
+from mlsec.clients.kube import Kube, KubeError, load_api_client, widen_pool
 from mlsec.local import env as local
 from mlsec.local import procs, slapd
 
@@ -120,7 +120,7 @@ def admin_kube(env: local.LocalEnv, agent: str = "mlsec-bench") -> Kube:
     """A client as the cluster admin (a user applying ModelDeployments)."""
     api = load_api_client(str(env.kubeconfig), "admin")
     api.user_agent = agent
-    _widen_pool(api)
+    widen_pool(api)
     return Kube(api, field_manager=agent)
 
 
@@ -130,13 +130,8 @@ def operator_identity_kube(env: local.LocalEnv, workdir: Path, agent: str) -> Ku
     kubeconfig = local.operator_kubeconfig(env, workdir / "baseline.kubeconfig")
     api = load_api_client(str(kubeconfig), "operator")
     api.user_agent = agent
-    _widen_pool(api)
+    widen_pool(api)
     return Kube(api, field_manager=agent)
-
-
-def _widen_pool(api: kubernetes.client.ApiClient, size: int = 32) -> None:
-    api.configuration.connection_pool_maxsize = size
-    api.rest_client = kubernetes.client.rest.RESTClientObject(api.configuration)
 
 
 # --- objects ----------------------------------------------------------------------------------------

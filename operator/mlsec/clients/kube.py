@@ -102,6 +102,12 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
         return kubernetes.client.ApiClient()
 
 
+def widen_pool(api_client: kubernetes.client.ApiClient, size: int = POOL_SIZE) -> None:
+    """Keep ``size`` connections alive (the client's default is a few per CPU)."""
+    api_client.configuration.connection_pool_maxsize = size
+    api_client.rest_client = kubernetes.client.rest.RESTClientObject(api_client.configuration)
+
+
 class Kube:
     """Generic, dict-based access to the kinds in :data:`RESOURCES`."""
 
@@ -113,8 +119,7 @@ class Kube:
             api_client.user_agent = USER_AGENT
             # Handlers write from several threads at once (kopf's workers, a reconcile's children):
             # keep that many connections alive instead of opening and discarding TLS connections.
-            api_client.configuration.connection_pool_maxsize = POOL_SIZE
-            api_client.rest_client = kubernetes.client.rest.RESTClientObject(api_client.configuration)
+            widen_pool(api_client)
         self.api = api_client
         self.field_manager = field_manager
 

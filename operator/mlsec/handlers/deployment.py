@@ -29,7 +29,7 @@ from mlsec.builders import compliance
 from mlsec.builders.children import CHILD_KINDS, child_names, desired_children
 from mlsec.builders.conditions import Cond
 from mlsec.builders.drift import in_sync, touched_by_others
-from mlsec.builders.naming import MANAGED_BY
+from mlsec.builders.naming import LABEL_MANAGED_BY, MANAGED_BY
 from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
 from mlsec.gate import Decision
 from mlsec.handlers import context, leader, observed, policy, promotion, settings
@@ -41,6 +41,7 @@ KIND = "ModelDeployment"
 REQUESTED_BY = "mlsec.io/requested-by"  # stamped at admission from the requester's identity
 PLURAL = "modeldeployments"
 API = f"{GROUP}/{VERSION}"
+CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"  # what every child carries
 log = logging.getLogger(__name__)
 
 
@@ -271,7 +272,7 @@ def _apply_children(namespace: str, desired: list[dict[str, Any]], created: bool
         if any(w[0] == api_version and w[1] == kind for w in wanted):
             continue
         for live in kube.list(api_version, kind, namespace,
-                              label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}"):
+                              label_selector=CHILD_SELECTOR):
             refs = live.get("metadata", {}).get("ownerReferences") or []
             if owner and any(r.get("uid") == owner for r in refs):
                 kube.delete(api_version, kind, namespace, live["metadata"]["name"])
@@ -366,10 +367,10 @@ def _register_child_watches() -> None:
         group, _, version = api_version.rpartition("/")
         plural = resource_of(api_version, kind).plural
         # No when=leader.leading: every replica keeps its view of the children current.
-        kopf.on.event(group, version, plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+        kopf.on.event(group, version, plural, labels={LABEL_MANAGED_BY: MANAGED_BY},
                       id=f"child-{kind.lower()}")(_child_event)
         key: tuple[str, str] | tuple[str, str, str] = (group, version, plural) if group else (version, plural)
-        settings.WATCH_LABEL_SELECTORS[key] = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+        settings.WATCH_LABEL_SELECTORS[key] = CHILD_SELECTOR
 
 
 _register_child_watches()

@@ -139,10 +139,9 @@ def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None,
             part = {only: models[only]} if only in models else {}
             spec, decisions, verdicts = ledger_spec(pol, part, [a for a in approvals if a.model == only],
                                                     now, blocked)
+            # The pending texts stay out (each model's status carries its own): only releases merge.
             releases = {k: v for k, v in cached["releases"].items() if k != only} | spec["releases"]
-            pending = {k: v for k, v in cached["pending"].items() if k != only} | spec["pending"]
-            spec = {**spec, "releases": dict(sorted(releases.items())),
-                    "pending": dict(sorted(pending.items()))}
+            spec = {**spec, "releases": dict(sorted(releases.items()))}
         else:
             spec, decisions, verdicts = ledger_spec(pol, models, approvals, now, blocked)
         _ledgers[namespace] = spec
@@ -162,7 +161,7 @@ def _block_ledger(namespace: str, why: str) -> None:
 
 
 def _write_ledger(namespace: str, spec: dict[str, Any]) -> None:
-    """Write ``spec`` (releases and pending as maps) packed, unless the live ledger has it."""
+    """Write ``spec`` (releases as a map) packed, unless the live ledger has it."""
     spec = pack_ledger(spec)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     kube = context.kube()
