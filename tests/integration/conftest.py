@@ -145,6 +145,8 @@ def install_crds(localenv: local.LocalEnv) -> float:
 class OperatorProcess:
     """`mlsec run` as a child process against the local environment, as its own ServiceAccount."""
 
+    running: set[OperatorProcess] = set()  # started and not yet stopped, in this test session
+
     def __init__(self, localenv: local.LocalEnv, workdir: Path, *extra: str) -> None:
         self.localenv = localenv
         self.workdir = workdir
@@ -167,6 +169,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         log.close()
+        OperatorProcess.running.add(self)
         procs.wait_for("operator", self.healthy, 60, self.proc.pid, self.log_file)
         return self
 
@@ -184,6 +187,7 @@ class OperatorProcess:
         return self.log_file.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        OperatorProcess.running.discard(self)
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(sig)
@@ -203,6 +207,26 @@ def operator(localenv: local.LocalEnv, crds_installed: None,
         yield op
     finally:
         op.stop()
+
+
+@pytest.fixture
+def operators_paused() -> Iterator[None]:
+    """Every operator process of the session frozen (SIGSTOP) for one test, resumed after it.
+
+    For tests that drive one of the operator's level-based syncs in-process against the shared
+    Vault: a running operator owns the same names and would correct them (rightly) under the test,
+    between its write and its assertion. A resumed operator renews or re-acquires its Lease and
+    reconciles everything again."""
+    paused = [op for op in OperatorProcess.running if op.proc is not None and op.proc.poll() is None]
+    for op in paused:
+        assert op.proc is not None
+        op.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for op in paused:
+            assert op.proc is not None
+            op.proc.send_signal(signal.SIGCONT)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.25,

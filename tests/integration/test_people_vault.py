@@ -45,7 +45,10 @@ def root(vault_info: dict[str, str]) -> hvac.Client:
 
 
 @pytest.fixture
-def operator_vault(localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient) -> Vault:
+def operator_vault(localenv: local.LocalEnv, admin_client: kubernetes.client.ApiClient,
+                   operators_paused: None) -> Vault:
+    """The operator's Vault identity, for syncs run in-process (any operator process is paused:
+    its own people sync owns every `mlsec-<namespace>-<role>` name and would race the test)."""
     jwt = token_request(admin_client, local.OPERATOR_NAMESPACE, local.OPERATOR_SERVICE_ACCOUNT)
     return Vault(localenv.vault_addr, KubernetesLogin(local.OPERATOR_VAULT_ROLE, jwt))
 

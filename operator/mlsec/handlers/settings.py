@@ -116,6 +116,6 @@ def apply_kopf_settings(settings: kopf.OperatorSettings) -> None:
     # waits until every index is complete before running handlers, so a limit below the number of
     # objects of one kind deadlocks the restart (measured: 50 workers, 1,000 models, nothing
     # resumed in 5 minutes). A short idle timeout lets the workers of quiet objects go.
-    settings.batching.worker_limit = None
-    settings.batching.idle_timeout = 0.5
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 0.5
     settings.execution.max_workers = 8

@@ -28,3 +28,15 @@ def test_our_own_kinds_are_watched_whole() -> None:
     res = Resource(group="mlsec.io", version="v1alpha1", plural="modeldeployments",
                    kind="ModelDeployment", namespaced=True)
     assert list(settings.watching.label_selectors.collect(res)) == []
+
+
+def test_no_worker_limit_and_no_deprecated_settings() -> None:
+    """A worker limit below the number of objects deadlocks kopf's start-up (see settings.py);
+    the settings use kopf's current names (a deprecation warning is an error here)."""
+    import warnings
+
+    settings = kopf.OperatorSettings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_kopf_settings(settings)
+    assert settings.queueing.worker_limit is None
