@@ -172,18 +172,30 @@ def test_hospital_policy_grants_each_person_their_platform_role(
                 for (verb, res), who in allowed.items() for user in ("alice", "bob", "carol", "dave", "erin")}
     assert answers == expected
 
-    # An unchanged directory writes nothing: same resourceVersions after another sync.
+    # An unchanged directory writes nothing, not even the policy's status: same resourceVersions
+    # after another sync, whose time shows only in the metric.
     before = setup.versions()
     assert len(before) == 8
-    last = status["ldap"]["lastSync"]
-    time.sleep(1.1)  # lastSync has second resolution
+    status_before = setup.policy()["status"]
+    synced_at = _last_success(operator, setup.ns)
+    assert synced_at is not None
+    time.sleep(1.1)
     setup.touch()
-    wait_until(lambda: setup.policy()["status"]["ldap"]["lastSync"] != last, what="second sync")
+    wait_until(lambda: (_last_success(operator, setup.ns) or 0) > synced_at, what="second sync")
     assert setup.versions() == before
+    assert setup.policy()["status"] == status_before
     audit = [json.loads(line) for line in operator.audit_file.read_text().splitlines()]
     synced = [r for r in audit if r["event_type"] == "RBAC_SYNCED"
               and r["resource"]["namespace"] == setup.ns]
     assert synced and synced[0]["action"]["details"]["added"] == EXPECTED
+
+
+def _last_success(operator: OperatorProcess, namespace: str) -> float | None:
+    prefix = f'mlsec_ldap_last_success_timestamp_seconds{{namespace="{namespace}"}} '
+    for line in operator.metrics().splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return None
 
 
 def test_membership_changes_follow_ldap_within_one_interval(
@@ -216,14 +228,14 @@ def test_ldap_outage_keeps_bindings_and_recovers(
     wait_until(lambda: setup.bindings() == EXPECTED, what="hospital RoleBindings")
     setup.wait_synced("True")
     before = setup.versions()
-    last_sync = setup.policy()["status"]["ldap"]["lastSync"]
+    last_sync = setup.policy()["status"]["ldap"]["lastChange"]
     local.stop_component(localenv, "slapd")
     try:
         setup.touch()
         cond = setup.wait_synced("False", "Unreachable")
         assert "left unchanged" in cond["message"] and last_sync in cond["message"]
         assert setup.versions() == before and setup.bindings() == EXPECTED
-        assert setup.policy()["status"]["ldap"]["lastSync"] == last_sync  # age stays visible
+        assert setup.policy()["status"]["ldap"]["lastChange"] == last_sync  # age stays visible
     finally:
         local.start_component(localenv, "slapd")
     setup.touch()

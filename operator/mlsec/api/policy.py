@@ -332,9 +332,14 @@ class MLSecurityPolicySpec(SpecModel):
 
 
 class LDAPSyncStatus(StatusModel):
-    """Result of the last LDAP synchronisation."""
+    """Result of the LDAP synchronisation; rewritten only when it changes."""
 
-    last_sync: datetime | None = Field(default=None, description="When it finished.")
+    last_change: datetime | None = Field(
+        default=None,
+        description="When a sync last changed the bindings or this status (or first succeeded). Syncs "
+        "that find LDAP unchanged write nothing; their time is in the metric "
+        "mlsec_ldap_last_success_timestamp_seconds and the compliance Report's ldap.sync result.",
+    )
     users: int | None = Field(default=None, ge=0, description="Users with a platform role.")
     groups: int | None = Field(default=None, ge=0, description="Mapped groups found.")
 

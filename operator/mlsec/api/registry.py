@@ -89,7 +89,8 @@ POLICY = ResourceInfo(
         PrinterColumn(
             "Users", ".status.ldap.users", "integer", "Users with a platform role.", priority=1
         ),
-        PrinterColumn("Last-Sync", ".status.ldap.lastSync", "date", "Last LDAP sync.", priority=1),
+        PrinterColumn("Last-Change", ".status.ldap.lastChange", "date",
+                      "Last LDAP sync that changed something.", priority=1),
         AGE,
     ),
 )

@@ -23,8 +23,9 @@ policy field it checks):
 - ``promotion.production`` (production models only): ``PromotionApproved``.
 
 and policy-wide ones, whose subject is the policy: ``ldap.sync`` (``LDAPSynced`` and the age of
-``status.ldap.lastSync``) and ``vault.requireAuditDevice`` (when the ``VaultAuditEnabled`` condition
-exists). An invalid policy yields one ``policy.valid`` failure instead.
+the last successful sync: ``ObjectFacts.ldap_synced_at``, else ``status.ldap.lastChange``) and
+``vault.requireAuditDevice`` (when the ``VaultAuditEnabled`` condition exists). An invalid policy
+yields one ``policy.valid`` failure instead.
 
 Writes only on change: each result's ``timestamp`` is carried over from the previous Report while
 its outcome (result, severity, message, properties) stays the same, so recomputing an unchanged
@@ -126,6 +127,9 @@ class ObjectFacts:
     uid: str = ""
     spec: Mapping[str, Any] = field(default_factory=dict)
     status: Mapping[str, Any] = field(default_factory=dict)
+    ldap_synced_at: datetime | None = None
+    """The policy's last successful LDAP sync as the operator knows it (status records only the
+    last change: an unchanged directory is not written)."""
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,7 @@ def ldap_check(pol: ObjectFacts, parsed: MLSecurityPolicy, now: datetime) -> Che
                              f"LDAP sync failing ({reason}): {message}; fix spec.ldap (URL, bind Secret, "
                              "CA) or the directory", reason=reason)
     interval = parse_duration(parsed.spec.ldap.sync_interval)
-    last = _parse_time((pol.status.get("ldap") or {}).get("lastSync"))
+    last = pol.ldap_synced_at or _parse_time((pol.status.get("ldap") or {}).get("lastChange"))
     limit = interval * LDAP_STALE_INTERVALS + LDAP_STALE_SLACK
     if last is not None and now - last > limit:
         return _policy_check(pol, RULE_LDAP_SYNC, "warn",

@@ -16,7 +16,12 @@ content (rules, subjects) differ from the live ones.
 
 The membership of the last successful sync is kept in memory for the promotion gate
 (:func:`platform_roles_of`, :func:`role_snapshot`); after a restart it is seeded from the live
-RoleBindings, which are exactly that sync's result, with its time from ``status.ldap.lastSync``.
+RoleBindings, which are exactly that sync's result, with its time from ``status.ldap.lastChange``.
+
+An unchanged directory writes nothing, not even a time stamp (``status.ldap.lastChange`` moves
+only with a change): how fresh the sync is shows in the metric
+``mlsec_ldap_last_success_timestamp_seconds`` and, from the same in-memory time, in the compliance
+Report's ``ldap.sync`` result.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from mlsec import GROUP, VERSION
@@ -49,7 +54,7 @@ from mlsec.clients.ldap import DirectoryClient, DirectoryError, DirectorySetting
 from mlsec.handlers import context, leader
 from mlsec.handlers.metrics import WRITES
 from mlsec.handlers.policy import KIND, PLURAL, active_policy_name
-from mlsec.handlers.status import write_status
+from mlsec.handlers.status import status_differs, write_status
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,9 @@ SYNCS = Counter("mlsec_ldap_sync_total", "LDAP → RBAC syncs by result (reason 
                 ["result"])
 SYNC_SECONDS = Histogram("mlsec_ldap_sync_duration_seconds", "LDAP → RBAC sync duration.",
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+LAST_SUCCESS = Gauge("mlsec_ldap_last_success_timestamp_seconds",
+                     "When the namespace's last successful LDAP → RBAC sync finished (Unix time).",
+                     ["namespace"])
 
 # Replaced by tests and the benchmark; the handler never builds an ldap3 connection itself.
 DirectoryFactory = Callable[[DirectorySettings, str], DirectoryClient]
@@ -155,6 +163,14 @@ def forget(namespace: str) -> None:
     with _STATES_LOCK:
         _STATES.pop(namespace, None)
     _SNAPSHOTS.pop(namespace, None)
+    with contextlib.suppress(KeyError):
+        LAST_SUCCESS.remove(namespace)
+
+
+def last_success(namespace: str) -> datetime | None:
+    """When this process last synced the namespace successfully (or what status said at a seed)."""
+    snap = _SNAPSHOTS.get(namespace)
+    return snap.synced_at if snap else None
 
 
 # --- kopf handlers -----------------------------------------------------------------------------
@@ -301,13 +317,17 @@ def _sync(namespace: str, body: Mapping[str, Any], state: _State) -> SyncReport:
     message = f"{users} users hold a platform role, from {groups} of {total} mapped LDAP groups"
     if membership.missing:
         message += f"; not found under groupSearchBase: {', '.join(membership.missing)}"
-    status_written = write_status(KIND, body, [Cond(CONDITION, True, "Synced", message)], {
-        "ldap": {"lastSync": rfc3339(synced_at), "users": users, "groups": groups},
-        "roleMembers": {role: len(us) for role, us in members.items()},
-    }, owner=OWNER)
+    LAST_SUCCESS.labels(namespace).set(synced_at.timestamp())
+    changed = bool(written or deleted)
+    conds = [Cond(CONDITION, True, "Synced", message)]
+    previous = ((body.get("status") or {}).get("ldap") or {}).get("lastChange")
+    ldap_status = {"lastChange": previous, "users": users, "groups": groups}
+    fields = {"ldap": ldap_status, "roleMembers": {role: len(us) for role, us in members.items()}}
+    if changed or not previous or status_differs(body, conds, fields, owner=OWNER):
+        ldap_status["lastChange"] = rfc3339(synced_at)
+    status_written = write_status(KIND, body, conds, fields, owner=OWNER)
 
     generation = int(meta.get("generation") or 0)
-    changed = bool(written or deleted)
     if changed or state.synced_generation != generation or state.failures:
         _audit_synced(namespace, policy, members, written, deleted, added, removed, membership.missing)
     if changed:
@@ -419,11 +439,12 @@ def _failed(namespace: str, body: Mapping[str, Any], state: _State, exc: SyncFai
     transition = state.last_failure != exc.reason
     state.last_failure = exc.reason
     old = dict(body.get("status") or {})
-    last = (old.get("ldap") or {}).get("lastSync")
+    last = (old.get("ldap") or {}).get("lastChange")
     # The message stays the same while the failure does (no retry countdown in it): an operator
     # retrying a broken policy must not rewrite its status on every attempt.
     message = (f"{exc.message}; Roles and RoleBindings left unchanged "
-               f"(last successful sync: {last or 'never'})")
+               f"(as the last successful sync left them; last changed {last})" if last else
+               f"{exc.message}; Roles and RoleBindings left unchanged (no successful sync yet)")
     # Re-send the fields this owner holds, or server-side apply would remove them.
     fields = {k: old[k] for k in ("ldap", "roleMembers") if k in old}
     try:
@@ -461,6 +482,8 @@ def _seed_from_bindings(namespace: str, body: Mapping[str, Any], last_sync: str 
     if last_sync:
         with contextlib.suppress(ValueError):
             synced_at = datetime.fromisoformat(last_sync.replace("Z", "+00:00"))
+    if synced_at is not None:  # at least that old: the last change is a lower bound
+        LAST_SUCCESS.labels(namespace).set(synced_at.timestamp())
     _remember(namespace, str((body.get("metadata") or {}).get("name")), members, synced_at)
 
 

@@ -41,7 +41,7 @@ from prometheus_client import Gauge
 from mlsec import GROUP, VERSION
 from mlsec.builders import report as rb
 from mlsec.clients.kube import KubeError
-from mlsec.handlers import context, leader
+from mlsec.handlers import context, leader, rbac
 from mlsec.handlers.metrics import WRITES
 from mlsec.handlers.policy import PLURAL as POLICY_PLURAL
 from mlsec.handlers.policy import active_policy_name
@@ -279,7 +279,8 @@ def _policy_facts(body: Mapping[str, Any]) -> rb.ObjectFacts:
     meta = body.get("metadata") or {}
     return rb.ObjectFacts(name=str(meta.get("name")), uid=str(meta.get("uid") or ""),
                           spec=copy.deepcopy(dict(body.get("spec") or {})),
-                          status=copy.deepcopy(dict(body.get("status") or {})))
+                          status=copy.deepcopy(dict(body.get("status") or {})),
+                          ldap_synced_at=rbac.last_success(str(meta.get("namespace"))))
 
 
 def _model_facts(entries: Iterable[ModelEntry]) -> list[rb.ObjectFacts]:

@@ -22,9 +22,15 @@ def _strip_times(conds: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                   key=lambda c: str(c.get("type")))
 
 
-def write_status(kind: str, body: Mapping[str, Any], conds: list[Cond],
-                 fields: Mapping[str, Any] | None = None, *, owner: str = OWNER_MAIN) -> bool:
-    """Apply ``conds`` and ``fields`` to ``body``'s status under ``owner``; True if written."""
+def status_differs(body: Mapping[str, Any], conds: list[Cond],
+                   fields: Mapping[str, Any] | None = None, *, owner: str = OWNER_MAIN) -> bool:
+    """Whether :func:`write_status` with these arguments would write."""
+    return _desired(body, conds, fields, owner) is not None
+
+
+def _desired(body: Mapping[str, Any], conds: list[Cond], fields: Mapping[str, Any] | None,
+             owner: str) -> dict[str, Any] | None:
+    """The status to apply, or None when only timestamps would change."""
     meta = body.get("metadata", {})
     generation = int(meta.get("generation") or 0)
     old = dict(body.get("status") or {})
@@ -36,8 +42,16 @@ def write_status(kind: str, body: Mapping[str, Any], conds: list[Cond],
         new["observedGeneration"] = generation
     unchanged = _strip_times(old_mine) == _strip_times(new_conds) and all(
         old.get(k) == v for k, v in new.items() if k != "conditions")
-    if unchanged:
+    return None if unchanged else new
+
+
+def write_status(kind: str, body: Mapping[str, Any], conds: list[Cond],
+                 fields: Mapping[str, Any] | None = None, *, owner: str = OWNER_MAIN) -> bool:
+    """Apply ``conds`` and ``fields`` to ``body``'s status under ``owner``; True if written."""
+    new = _desired(body, conds, fields, owner)
+    if new is None:
         return False
+    meta = body.get("metadata", {})
     context.kube().apply_status(API_VERSION, kind, str(meta["namespace"]), str(meta["name"]), new,
                                 manager=owner)
     return True

@@ -173,13 +173,27 @@ def test_first_sync_writes_roles_bindings_status_and_cache(
     assert PASSWORD not in audit.getvalue() and PASSWORD not in json.dumps(policy(kube))
 
 
-def test_unchanged_membership_writes_no_rbac(kube: FakeKube, directory: FakeDirectory,
-                                            audit: io.StringIO) -> None:
+def test_unchanged_membership_writes_nothing_not_even_a_time_stamp(
+        kube: FakeKube, directory: FakeDirectory, audit: io.StringIO) -> None:
     h.sync_namespace(NS, policy(kube))
+    first = h.last_success(NS)
+    status = copy.deepcopy(policy(kube)["status"])
+    assert first is not None and status["ldap"]["lastChange"] == first.strftime("%Y-%m-%dT%H:%M:%SZ")
     kube.writes.clear()
+    time.sleep(1.01)  # the status' times have second resolution
     report = h.sync_namespace(NS, policy(kube))
-    assert report is not None and report.written == () and kube.rbac_writes() == []
+    assert report is not None and report.written == () and not report.status_written
+    assert kube.writes == [] and policy(kube)["status"] == status
     assert len(records(audit, "RBAC_SYNCED")) == 1  # nothing new to audit
+    # the freshness moves in memory and in the metric only
+    again = h.last_success(NS)
+    assert again is not None and again > first
+    assert h.LAST_SUCCESS.labels(NS)._value.get() == again.timestamp()
+    # a change moves lastChange
+    directory.groups[LEADS] = {"carol", "erin"}
+    h.sync_namespace(NS, policy(kube))
+    assert policy(kube)["status"]["ldap"]["lastChange"] == h.last_success(NS).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert policy(kube)["status"]["ldap"]["lastChange"] != status["ldap"]["lastChange"]
 
 
 def test_membership_change_rewrites_only_that_binding(kube: FakeKube, directory: FakeDirectory,
@@ -246,7 +260,7 @@ def test_directory_failure_leaves_rbac_alone_and_backs_off(
     cond = condition(kube)
     assert cond["status"] == "False" and cond["reason"] == error.reason
     assert cond["message"].startswith(error.message) and "left unchanged" in cond["message"]
-    assert good_status["ldap"]["lastSync"] in cond["message"]
+    assert good_status["ldap"]["lastChange"] in cond["message"]
     status = policy(kube)["status"]
     assert status["ldap"] == good_status["ldap"] and status["roleMembers"] == good_status["roleMembers"]
     assert h.platform_roles_of(NS, "carol") == {"model_approver"}  # the cache keeps the last good sync
@@ -277,7 +291,7 @@ def test_invalid_spec_touches_nothing(kube: FakeKube, directory: FakeDirectory, 
 def test_cache_is_seeded_from_live_bindings_after_a_restart_during_an_outage(
         kube: FakeKube, directory: FakeDirectory, audit: io.StringIO) -> None:
     h.sync_namespace(NS, policy(kube))
-    last_sync = policy(kube)["status"]["ldap"]["lastSync"]
+    last_sync = policy(kube)["status"]["ldap"]["lastChange"]
     h.forget(NS)  # a new operator process knows nothing
     directory.error = DirectoryError("Unreachable", "down", retryable=True)
     assert h.synced_roles_of(NS, "carol") is None

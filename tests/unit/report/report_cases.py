@@ -41,7 +41,7 @@ def synced_status(last_sync: datetime = NOW, **extra: Any) -> dict[str, Any]:
     return {"conditions": [cond("Valid", "True", "Validated"),
                            cond("LDAPSynced", "True", "Synced",
                                 "4 users hold a platform role, from 4 of 4 mapped LDAP groups")],
-            "ldap": {"lastSync": last_sync.strftime("%Y-%m-%dT%H:%M:%SZ"), "users": 4, "groups": 4},
+            "ldap": {"lastChange": last_sync.strftime("%Y-%m-%dT%H:%M:%SZ"), "users": 4, "groups": 4},
             **extra}
 
 

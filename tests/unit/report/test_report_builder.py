@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -196,6 +197,18 @@ def test_invalid_policy_is_one_failure() -> None:
 # --- policy-wide rules ---------------------------------------------------------------------------------
 
 
+def test_ldap_freshness_comes_from_the_operators_last_success_over_the_last_change() -> None:
+    """status.ldap.lastChange moves only with a change; an unchanged directory synced a minute ago
+    is fresh, however old the last change."""
+    later = NOW + timedelta(days=3)
+    pol = policy()
+    assert results_of(build(pol, now=later))[rb.RULE_LDAP_SYNC]["result"] == "warn"
+    known = dataclasses.replace(pol, ldap_synced_at=later - timedelta(minutes=1))
+    assert results_of(build(known, now=later))[rb.RULE_LDAP_SYNC]["result"] == "pass"
+    stalled = dataclasses.replace(pol, ldap_synced_at=later - timedelta(minutes=12))
+    assert results_of(build(stalled, now=later))[rb.RULE_LDAP_SYNC]["result"] == "warn"
+
+
 def test_ldap_sync_fresh_stale_failing_and_unknown() -> None:
     assert results_of(build())[rb.RULE_LDAP_SYNC]["result"] == "pass"
     # syncInterval 5m: stale after 2 intervals and a minute
@@ -205,7 +218,7 @@ def test_ldap_sync_fresh_stale_failing_and_unknown() -> None:
     failing = synced_status()
     failing["conditions"] = [cond("LDAPSynced", "False", "LDAPUnavailable",
                                   "cannot reach ldaps://127.0.0.1:1: connection refused; Roles and "
-                                  "RoleBindings left unchanged (last successful sync: never); "
+                                  "RoleBindings left unchanged (no successful sync yet); "
                                   "retrying in 20s")]
     r = results_of(build(policy(failing)))[rb.RULE_LDAP_SYNC]
     assert r["result"] == "error" and r["properties"] == {"reason": "LDAPUnavailable"}
