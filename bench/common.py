@@ -398,7 +398,8 @@ class Operator:
         environ = {**os.environ, "KUBECONFIG": str(kubeconfig), "VAULT_ADDR": self.env.vault_addr}
         environ.pop("VAULT_TOKEN", None)
         environ["MLSEC_BENCH_KOPF"] = self.kopf
-        module = "bench.kopf_variant" if self.kopf or environ.get("MLSEC_BENCH_TRACEMALLOC") else "mlsec"
+        module = "bench.kopf_variant" if self.kopf or environ.get("MLSEC_BENCH_TRACEMALLOC") \
+            or environ.get("MLSEC_BENCH_OBJECTS") else "mlsec"
         cmd = [sys.executable, "-m", module, "run", "--metrics-port", str(self.metrics_port),
                "--health-port", str(self.health_port), "--bind-address", "127.0.0.1",
                "--audit-file", str(self.workdir / "audit.jsonl"), *self.extra]

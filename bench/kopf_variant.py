@@ -8,7 +8,9 @@ its start-up handler; this module's start-up handler, registered after it, then 
 ``path=value`` of $MLSEC_BENCH_KOPF. Nothing else differs from ``mlsec run``.
 
 With $MLSEC_BENCH_TRACEMALLOC=FILE the process traces its allocations (tracemalloc: slower, and
-its own bookkeeping doubles the memory) and writes the live ones to FILE on SIGUSR1.
+its own bookkeeping doubles the memory) and writes the live ones to FILE on SIGUSR1. With
+$MLSEC_BENCH_OBJECTS=FILE it writes on SIGUSR2 the most numerous live object types and the size
+of the bodies kopf keeps for daemons and timers (cheap: no tracing).
 """
 
 from __future__ import annotations
@@ -79,7 +81,62 @@ def _dump_allocations(_signum: int, _frame: FrameType | None) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def _deep_size(obj: Any, seen: set[int]) -> int:
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        size += sum(_deep_size(v, seen) for v in obj)
+    return size
+
+
+def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
+    """SIGUSR2: the most numerous live object types, and the bodies kopf keeps for daemons and
+    timers (``live_fresh_body``), to $MLSEC_BENCH_OBJECTS."""
+    import gc
+    from collections import Counter
+
+    from kopf._core.reactor.inventory import ResourceMemory
+
+    counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+    memories = [o for o in gc.get_objects() if isinstance(o, ResourceMemory)]
+    bodies = [m.daemons_memory.live_fresh_body for m in memories
+              if m.daemons_memory.live_fresh_body is not None]
+    seen: set[int] = set()
+    body_bytes = sum(_deep_size(dict(b), seen) for b in bodies)
+    def rss() -> str:
+        return next(x for x in open("/proc/self/status").read().splitlines() if x.startswith("VmRSS"))
+
+    import ctypes
+    import io
+    before = rss()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    after = rss()
+    err = io.StringIO()
+    old, sys.stderr = sys.stderr, err
+    try:
+        sys._debugmallocstats()
+    finally:
+        sys.stderr = old
+    keys = ("arenas allocated current", "bytes in allocated blocks", "bytes in available blocks",
+            "unused pools")
+    pymalloc = [x for x in err.getvalue().splitlines() if any(k in x for k in keys)]
+    lines = [f"before malloc_trim: {before}; after: {after}", *pymalloc, "",
+             f"kopf ResourceMemory objects: {len(memories)}; with a live body: {len(bodies)} "
+             f"({body_bytes / 2**20:.1f} MiB deep)", "", "most numerous types:"]
+    lines += [f"{n:9d} {name}" for name, n in counts.most_common(40)]
+    coros = Counter(o.cr_code.co_qualname for o in gc.get_objects() if type(o).__name__ == "coroutine")
+    lines += ["", "coroutines:"] + [f"{n:9d} {name}" for name, n in coros.most_common(15)]
+    with open(os.environ["MLSEC_BENCH_OBJECTS"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 if __name__ == "__main__":
+    if os.environ.get("MLSEC_BENCH_OBJECTS"):
+        signal.signal(signal.SIGUSR2, _dump_object_counts)
     if os.environ.get("MLSEC_BENCH_TRACEMALLOC"):
         tracemalloc.start(12)
         signal.signal(signal.SIGUSR1, _dump_allocations)

@@ -140,9 +140,14 @@ def leading(**_: Any) -> bool:
 
 def remember_indexes(kwargs: dict[str, Any]) -> None:
     """Keep kopf's index objects (live views) for work started outside a handler."""
-    for key in ("policies_by_namespace", "approvals_by_namespace", "models_by_namespace"):
+    for key in ("policies_by_namespace", "approvals_by_namespace", "models_by_namespace", "report_models"):
         if key in kwargs:
             _indexes[key] = kwargs[key]
+
+
+def indexes() -> dict[str, Any]:
+    """The kopf indexes remembered so far (live views; copy a key with context.snapshot)."""
+    return dict(_indexes)
 
 
 def _elected() -> None:

@@ -14,6 +14,7 @@ from mlsec.handlers import kopf_patches, settings
 # Importing these registers their kopf handlers.
 HANDLER_MODULES = (
     "mlsec.handlers.lifecycle",
+    "mlsec.handlers.login",
     "mlsec.handlers.policy",
     "mlsec.handlers.deployment",
     "mlsec.handlers.promotion",
