@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import kopf
+
 from mlsec.audit import AuditLog
-from mlsec.clients.kube import Kube
+from mlsec.builders.conditions import rfc3339
+from mlsec.clients.kube import Kube, KubeError
 from mlsec.handlers.settings import CONFIG
 
 
@@ -30,3 +36,26 @@ def snapshot(index: Any, key: Any) -> list[Any]:
         except RuntimeError:  # "changed size during iteration": kopf updated it meanwhile
             time.sleep(0.005)
     return list(index.get(key, []))
+
+
+def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event about ``body``: through kopf inside a handler, else written directly
+    (kopf's event queue exists only in its per-object tasks). Never raises: an event is a hint."""
+    try:
+        kopf.event(dict(body), type=type_, reason=reason, message=message)
+        return
+    except LookupError:
+        pass
+    meta = body.get("metadata") or {}
+    now = rfc3339(datetime.now(UTC))
+    with contextlib.suppress(KubeError):
+        kube().create({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "mlsec-event-", "namespace": meta.get("namespace")},
+            "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                               "name": meta.get("name"), "namespace": meta.get("namespace"),
+                               "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": "mlsec-operator"}, "reportingComponent": "mlsec-operator",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        })

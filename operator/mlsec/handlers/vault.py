@@ -404,9 +404,7 @@ def resync(namespace: str, name: str, indexes: dict[str, Any]) -> None:
         return
     outcome = ensure(md, pol)
     if outcome.written:
-        with contextlib.suppress(LookupError):  # no event poster outside a running operator
-            kopf.event(body, type="Normal", reason="VaultDriftRepaired",
-                       message=f"rewrote {', '.join(outcome.written)}")
+        context.post_event(body, "Normal", "VaultDriftRepaired", f"rewrote {', '.join(outcome.written)}")
     shown = condition(body.get("status"), CONDITION)
     if shown and (shown.get("status") != ("True" if outcome.ok else "False")
                   or (not outcome.ok and shown.get("reason") != outcome.reason)):
