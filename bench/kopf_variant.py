@@ -24,10 +24,14 @@ import tracemalloc
 from types import FrameType
 from typing import Any
 
-import kopf
+from mlsec.clients import rest
 
-from mlsec import cli
-from mlsec.handlers import lifecycle  # noqa: F401 - registers the operator's settings handler first
+rest.keep_kubernetes_package_out()  # as `mlsec run` does, before kopf is imported
+
+import kopf  # noqa: E402
+
+from mlsec import cli  # noqa: E402
+from mlsec.handlers import lifecycle  # noqa: F401, E402 - registers the operator's settings handler first
 
 log = logging.getLogger("bench.kopf_variant")
 

@@ -74,6 +74,9 @@ def _manifests(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from mlsec.clients import rest
+
+    rest.keep_kubernetes_package_out()  # before kopf is imported
     from mlsec.handlers import main as operator_main
     from mlsec.handlers import settings
 

@@ -74,7 +74,8 @@ def test_operator_stops_cleanly_on_sigterm(localenv: local.LocalEnv, crds_instal
                                            tmp_path: Path) -> None:
     op = OperatorProcess(localenv, tmp_path).start()
     assert "mlsec_reconcile" in op.metrics()
-    assert op.stop(signal.SIGTERM, timeout=30) == 0
+    code = op.stop(signal.SIGTERM, timeout=30)
+    assert code == 0, op.log()[-4000:]
     assert "Operator is stopping" in op.log() or "stopping" in op.log().lower()
 
 

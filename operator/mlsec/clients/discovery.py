@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
-from mlsec.clients.kube import Kube, KubeError, _error
+from mlsec.clients.kube import Kube, KubeError
 
 
 def _call(kube: Kube, method: str, path: str, body: Any = None) -> Any:
-    try:
-        return kube.api.call_api(
-            path, method, header_params={"Accept": "application/json", "Content-Type": "application/json"},
-            body=body, auth_settings=["BearerToken"], response_type="object",
-            _return_http_data_only=True, _preload_content=True, _request_timeout=(5, 15),
-        )
-    except ApiException as exc:
-        raise _error(exc) from None
+    return kube.request(method, path, body=body, timeout=(5, 15))
 
 
 def whoami(kube: Kube) -> tuple[str, list[str]]:

@@ -1,19 +1,27 @@
 """The one place that talks to the Kubernetes API (besides kopf's own watches).
 
-A thin, typed wrapper over the classic ``kubernetes`` REST client: server-side apply with our
-field manager, get/list/delete, and status merge patches — addressed by apiVersion and kind through
-a small static table of the kinds this operator touches, so no discovery round-trips are needed.
+Server-side apply with our field manager, get/list/delete, and status merge patches — addressed
+by apiVersion and kind through a small static table of the kinds this operator touches, so no
+discovery round-trips are needed. Requests go through :mod:`mlsec.clients.rest` (urllib3), not the
+``kubernetes`` package, which the operator process never imports unless a kubeconfig needs it.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
-from kubernetes.client.rest import ApiException
+from mlsec.clients.rest import (
+    ApiClientTransport,
+    HttpTransport,
+    KubeError,
+    NeedsKubernetesClient,
+    Transport,
+    load,
+)
+
+__all__ = ["FIELD_MANAGER", "Kube", "KubeError", "Resource", "resource_of", "transport_for"]
 
 FIELD_MANAGER = "mlsec-operator"
 USER_AGENT = "mlsec-operator/0.1.0"
@@ -66,32 +74,13 @@ def resource_of(api_version: str, kind: str) -> Resource:
         raise KeyError(f"unknown kind {api_version}/{kind}: add it to mlsec.clients.kube") from None
 
 
-class KubeError(Exception):
-    """An API error with the server's message (never the request body, which may hold secrets)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-def _error(exc: ApiException) -> KubeError:
-    message = exc.reason or ""
-    try:
-        body = json.loads(exc.body or "{}")
-        message = body.get("message", message)
-        reason = body.get("reason", exc.reason or "")
-    except (ValueError, AttributeError):
-        reason = exc.reason or ""
-    return KubeError(int(exc.status or 0), str(reason), str(message))
-
-
 _load_lock = threading.Lock()
 
 
-def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
-    """In-cluster config when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """A ``kubernetes.client.ApiClient`` (tests and tools that use the kubernetes package)."""
+    import kubernetes
+
     with _load_lock:
         if kubeconfig or context:
             return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
@@ -102,41 +91,53 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
         return kubernetes.client.ApiClient()
 
 
-def widen_pool(api_client: kubernetes.client.ApiClient, size: int = POOL_SIZE) -> None:
-    """Keep ``size`` connections alive (the client's default is a few per CPU)."""
+def widen_pool(api_client: Any, size: int = POOL_SIZE) -> None:
+    """Keep ``size`` connections alive (the kubernetes client's default is a few per CPU)."""
+    from kubernetes.client.rest import RESTClientObject
+
     api_client.configuration.connection_pool_maxsize = size
-    api_client.rest_client = kubernetes.client.rest.RESTClientObject(api_client.configuration)
+    api_client.rest_client = RESTClientObject(api_client.configuration)
+
+
+def transport_for(kubeconfig: str | None = None, context: str | None = None,
+                  user_agent: str = USER_AGENT, pool_size: int = POOL_SIZE) -> Transport:
+    """In-cluster or kubeconfig credentials over our own pool; through the kubernetes package
+    only for a kubeconfig user that authenticates with an exec plugin or auth-provider."""
+    try:
+        return HttpTransport(load(kubeconfig, context), pool_size=pool_size, user_agent=user_agent)
+    except NeedsKubernetesClient:
+        api_client = load_api_client(kubeconfig, context)
+        api_client.user_agent = user_agent
+        widen_pool(api_client, pool_size)
+        return ApiClientTransport(api_client)
 
 
 class Kube:
     """Generic, dict-based access to the kinds in :data:`RESOURCES`."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None,
-                 field_manager: str = FIELD_MANAGER) -> None:
-        if api_client is None:
-            api_client = load_api_client()
-            # Our writes are recognisable in the API server's audit log by this user agent.
-            api_client.user_agent = USER_AGENT
-            # Handlers write from several threads at once (kopf's workers, a reconcile's children):
-            # keep that many connections alive instead of opening and discarding TLS connections.
-            widen_pool(api_client)
+    def __init__(self, api_client: Any = None, field_manager: str = FIELD_MANAGER, *,
+                 transport: Transport | None = None) -> None:
+        """``transport`` (default: :func:`transport_for` the environment's credentials), or a
+        ``kubernetes.client.ApiClient`` to send the requests through (tests, tools)."""
+        if transport is None:
+            # Handlers write from several threads at once (kopf's workers, a reconcile's
+            # children): the pool keeps that many connections alive; our writes are recognisable
+            # in the API server's audit log by the user agent.
+            transport = ApiClientTransport(api_client) if api_client is not None else transport_for()
+        self.transport = transport
         self.api = api_client
         self.field_manager = field_manager
 
+    def request(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
+                body: Any = None, content_type: str | None = None,
+                timeout: tuple[float, float] = (5, 30)) -> Any:
+        """One request by path (kinds outside :data:`RESOURCES`, subresources, reviews)."""
+        return self.transport.request(method, path, query=query or [], body=body,
+                                      content_type=content_type, timeout=timeout)
+
     def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
               body: Any = None, content_type: str | None = None) -> Any:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        try:
-            data = self.api.call_api(
-                path, method, query_params=query or [], header_params=headers, body=body,
-                auth_settings=["BearerToken"], response_type="object",
-                _return_http_data_only=True, _preload_content=True, _request_timeout=(5, 30),
-            )
-        except ApiException as exc:
-            raise _error(exc) from None
-        return data
+        return self.request(method, path, query=query, body=body, content_type=content_type)
 
     # --- reads ----------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:

@@ -26,8 +26,9 @@ from typing import Any, Protocol, TypeVar
 
 import hvac
 import hvac.exceptions
-import kubernetes
 import requests
+
+from mlsec.clients.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,25 +105,27 @@ def projected_token(path: str | Path) -> Callable[[], str]:
     return lambda: Path(path).read_text().strip()
 
 
-def token_request(api_client: kubernetes.client.ApiClient, namespace: str, name: str,
+def token_request(kube: Kube | Any, namespace: str, name: str,
                   audience: str = DEFAULT_AUDIENCE, seconds: int = 600) -> Callable[[], str]:
-    """A fresh short-lived token of ServiceAccount ``namespace/name`` for ``audience`` (TokenRequest)."""
+    """A fresh short-lived token of ServiceAccount ``namespace/name`` for ``audience`` (TokenRequest).
+    ``kube``: a :class:`Kube`, or a ``kubernetes.client.ApiClient`` to send it through."""
+    client = kube if isinstance(kube, Kube) else Kube(kube)
+    path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
 
     def fetch() -> str:
-        core = kubernetes.client.CoreV1Api(api_client)
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                 "spec": {"audiences": [audience], "expirationSeconds": seconds}}
         try:
-            resp = core.create_namespaced_service_account_token(name, namespace, body)
-        except kubernetes.client.ApiException as exc:
+            resp = client.request("POST", path, body=body)
+        except KubeError as exc:
             # The API server's reason only: the response body never holds a token on failure,
             # but keep the message short and generic anyway.
             raise VaultAuthError("token request", f"serviceaccounts/{namespace}/{name}",
-                                 int(exc.status or 0), str(exc.reason or "failed")) from None
+                                 exc.status, exc.reason or "failed") from None
         except (OSError, ValueError) as exc:
             raise VaultAuthError("token request", f"serviceaccounts/{namespace}/{name}", None,
                                  type(exc).__name__) from None
-        return str(resp.status.token)
+        return str(resp["status"]["token"])
 
     return fetch
 

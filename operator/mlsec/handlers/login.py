@@ -4,10 +4,10 @@ kopf's own HTTP session has no connection limit (``aiohttp.TCPConnector(limit=0)
 objects change at once, every one of its requests (kopf's annotation patches after each handled
 model, finalizers, events) gets a TLS connection of its own. Measured with 1,000 models created at
 once: ~600 requests in flight 20 s after the last model was Ready, ~600 TLS connections, and the
-operator's memory at 445 MiB. Here the same credentials (found as kopf finds them by default,
-through the kubernetes client's in-cluster or kubeconfig loading) get a session whose pool holds
-the long-lived watch streams plus :data:`REQUEST_CONNECTIONS` for requests, which then queue in
-the operator rather than at the API server.
+operator's memory at 445 MiB. Here the operator's credentials (in-cluster or kubeconfig, read by
+:mod:`mlsec.clients.rest` as for its own requests) get a session whose pool holds the long-lived
+watch streams plus :data:`REQUEST_CONNECTIONS` for requests, which then queue in the operator
+rather than at the API server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from mlsec.clients import rest
 from mlsec.handlers.settings import CONFIG
 
 REQUEST_CONNECTIONS = 32
@@ -38,7 +39,6 @@ def session_for(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSession:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
-        auth=info.as_aiohttp_basic_auth(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
     )
@@ -47,10 +47,26 @@ def session_for(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSession:
                                aiohttp_session=session)
 
 
+def connection_info(creds: rest.Credentials) -> kopf.ConnectionInfo:
+    """kopf's view of the credentials (a token file is read now: kopf logs in again on a 401)."""
+    token = creds.token
+    if creds.token_path:
+        with open(creds.token_path, encoding="utf-8") as f:
+            token = f.read().strip()
+    return kopf.ConnectionInfo(
+        server=creds.server, ca_path=creds.ca_path, ca_data=creds.ca_data, insecure=creds.insecure,
+        username=creds.username, password=creds.password, token=token or None,
+        certificate_path=creds.cert_path, certificate_data=creds.cert_data,
+        private_key_path=creds.key_path, private_key_data=creds.key_data,
+        default_namespace=creds.namespace)
+
+
 @kopf.on.login(id="bounded-session")
 async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-    # kopf's default login (replaced by this handler): the kubernetes client's configuration.
-    info = kopf.login_via_client(**kwargs)
+    try:
+        info: kopf.ConnectionInfo | None = connection_info(rest.load())
+    except rest.NeedsKubernetesClient:
+        info = kopf.login_via_client(**kwargs)  # exec plugins, auth-providers: the client's way
     if info is None:
         return None
     return session_for(info, connection_limit(CONFIG.namespaces))

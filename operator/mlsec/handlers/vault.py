@@ -97,8 +97,8 @@ def vault_client() -> Vault | None:
     else:
         namespace, _, name = cfg.service_account.partition("/")
 
-        def jwt() -> str:  # the Kubernetes client only when a login needs it
-            return token_request(context.kube().api, namespace, name, cfg.audience)()
+        def jwt() -> str:  # a TokenRequest only when a login needs it
+            return token_request(context.kube(), namespace, name, cfg.audience)()
 
         login = KubernetesLogin(cfg.role, jwt, cfg.auth_mount)
     return Vault(cfg.addr, login, ca_file=cfg.ca_file, timeout=cfg.timeout)

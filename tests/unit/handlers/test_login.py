@@ -31,11 +31,7 @@ def test_the_pool_holds_every_watch_stream_and_some_requests() -> None:
 
 def test_login_keeps_the_credentials_and_bounds_the_pool(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import kubernetes.config.kube_config
-
-    # read from $KUBECONFIG when the kubernetes package is imported (long before this test)
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kubeconfig(tmp_path / "config")))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "config")))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setattr(settings.CONFIG, "namespaces", ["a", "b"])
 
