@@ -199,6 +199,11 @@ class Transport(Protocol):
                 body: Any = None, content_type: str | None = None,
                 timeout: tuple[float, float] = (5, 30)) -> Any: ...
 
+    def stream(self, path: str, query: Sequence[tuple[str, Any]], read_timeout: float) -> Any:
+        """A GET whose body is read as it arrives (a watch): the urllib3 response, to be
+        released by the caller; :class:`KubeError` on an error status."""
+        ...
+
 
 class HttpTransport:
     """A thread-safe urllib3 pool to one API server."""
@@ -244,12 +249,16 @@ class HttpTransport:
             h.update(urllib3.make_headers(basic_auth=f"{self.creds.username}:{self.creds.password or ''}"))
         return h
 
-    def request(self, method: str, path: str, *, query: Sequence[tuple[str, Any]] = (),
-                body: Any = None, content_type: str | None = None,
-                timeout: tuple[float, float] = (5, 30)) -> Any:
+    def url(self, path: str, query: Sequence[tuple[str, Any]] = ()) -> str:
         url = self.creds.server + path
         if query:
             url += "?" + urlencode([(k, _query_value(v)) for k, v in query])
+        return url
+
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, Any]] = (),
+                body: Any = None, content_type: str | None = None,
+                timeout: tuple[float, float] = (5, 30)) -> Any:
+        url = self.url(path, query)
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -260,6 +269,17 @@ class HttpTransport:
         if resp.status >= 400:
             raise error_from(resp.status, resp.reason or "", resp.data)
         return json.loads(resp.data) if resp.data else None
+
+    def stream(self, path: str, query: Sequence[tuple[str, Any]], read_timeout: float) -> Any:
+        resp = self.pool.request("GET", self.url(path, query), headers=self.headers(),
+                                 preload_content=False, retries=False,
+                                 timeout=urllib3.Timeout(connect=5, read=read_timeout))
+        if resp.status >= 400:
+            try:
+                raise error_from(resp.status, resp.reason or "", resp.read())
+            finally:
+                resp.release_conn()
+        return resp
 
 
 def _query_value(v: Any) -> str:
@@ -289,6 +309,17 @@ class ApiClientTransport:
         except ApiException as exc:
             raise error_from(int(exc.status or 0), str(exc.reason or ""), exc.body) from None
 
+
+    def stream(self, path: str, query: Sequence[tuple[str, Any]], read_timeout: float) -> Any:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return self.api.call_api(
+                path, "GET", query_params=list(query), header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+                _request_timeout=(5, read_timeout))
+        except ApiException as exc:
+            raise error_from(int(exc.status or 0), str(exc.reason or ""), exc.body) from None
 
 def keep_kubernetes_package_out() -> bool:
     """Make ``import kubernetes`` fail in this process when our own credentials suffice: kopf

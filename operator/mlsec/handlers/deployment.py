@@ -1,14 +1,14 @@
 """ModelDeployment reconcile: read, build, apply what differs, report — level-based.
 
 Triggers: the ModelDeployment's own create/update/resume, a change of its namespace's policy, and
-any watch event of a child that someone other than the operator wrote or deleted. Every trigger
+any watch event of a child that someone other than the operator wrote or deleted (the children
+are watched outside kopf, :mod:`mlsec.clients.watch`: kopf would keep state for each of them). Every trigger
 runs the same :func:`reconcile`, which compares each desired child with the live one and writes
 only those that differ, so an idle operator writes nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -30,7 +30,9 @@ from mlsec.builders.children import CHILD_KINDS, child_names, desired_children
 from mlsec.builders.conditions import Cond
 from mlsec.builders.drift import in_sync, touched_by_others
 from mlsec.builders.naming import LABEL_MANAGED_BY, MANAGED_BY
-from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of
+from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of, transport_for
+from mlsec.clients.rest import Transport
+from mlsec.clients.watch import ListWatch
 from mlsec.gate import Decision
 from mlsec.handlers import context, leader, observed, policy, promotion, settings
 from mlsec.handlers import vault as vault_step
@@ -117,7 +119,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
         reason = "NoPolicy" if why.startswith("no ") else "PolicyInvalid"
         if write_status(KIND, body, [Cond("Ready", False, reason, why),
                                      Cond("PolicyCompliant", False, reason, why)], _rollout_fields(body)):
-            kopf.warn(body, reason=reason, message=why)
+            context.post_event(body, "Warning", reason, why)
         return Outcome(rolled_out=False)
 
     enforce = pol.spec.enforcement == "enforce"
@@ -130,7 +132,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
             conds.append(Cond("Ready", False, "RolloutBlocked",
                               f"not rolled out, the previous rollout stays: {text}"))
             if write_status(KIND, body, conds, _rollout_fields(body)):
-                kopf.warn(body, reason="RolloutBlocked", message=text)
+                context.post_event(body, "Warning", "RolloutBlocked", text)
                 _audit(md, pol, EventType.ROLLOUT_BLOCKED, "DENIED", text)
             return Outcome(rolled_out=False)
     else:
@@ -152,7 +154,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
             conds.append(Cond("Ready", False, "PromotionBlocked",
                               f"production rollout held back, the previous rollout stays: {message}"))
             if write_status(KIND, body, conds, {**_rollout_fields(body), **gate_fields}):
-                kopf.warn(body, reason="PromotionBlocked", message=message)
+                context.post_event(body, "Warning", "PromotionBlocked", message)
                 promotion.audit_promotion(namespace, name, md.spec.version, False, message, requester, pol)
             return Outcome(rolled_out=False)
         conds.append(Cond("PolicyCompliant", False, "PromotionNotApproved",
@@ -176,7 +178,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
             conds.append(Cond("Ready", False, "VaultNotReady",
                               f"not rolled out until Vault is ready: {outcome.message}"))
             if write_status(KIND, body, conds, {**_rollout_fields(body), **gate_fields}):
-                kopf.warn(body, reason=outcome.reason, message=outcome.message)
+                context.post_event(body, "Warning", outcome.reason, outcome.message)
             return Outcome(rolled_out=False, retry=outcome.message)
     elif (body.get("status") or {}).get("vault"):
         # No secrets any more, but a Vault role and policy were written for this model: they go
@@ -335,42 +337,63 @@ def _owner_name(body: kopf.Body) -> str | None:
     return None
 
 
-async def _child_event(type: str | None, body: kopf.Body, namespace: str, **kwargs: Any) -> None:
-    """A child changed: remember what we saw; repair it if someone else edited or deleted it.
+_repairs = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlsec-repair")
+_watches: list[ListWatch] = []
 
-    Async: most events are our own writes echoing back, handled in the event loop without taking
-    one of kopf's handler threads from the reconciles."""
+
+def _child_seen(type_: str | None, body: dict[str, Any]) -> None:
+    """A child's watch event (in its watch thread): remember what we saw; have it repaired if
+    someone else edited or deleted it. Most events are our own writes echoing back."""
     owner = _owner_name(body)
     if owner is None:
         return
     meta = body.get("metadata", {})
-    if type == "DELETED":
+    namespace = str(meta.get("namespace"))
+    if type_ == "DELETED":
         observed.forget(str(body.get("kind")), namespace, str(meta.get("name")))
     else:
-        observed.record(dict(body), FIELD_MANAGER)
-    if type is None or not leader.leading():  # type None: the initial listing, handled by resume
+        observed.record(body, FIELD_MANAGER)
+    if type_ is None or not leader.leading():  # a (re)listing: the model's resume reconciles
         return
-    if type != "DELETED" and not touched_by_others(dict(body), FIELD_MANAGER):
+    if type_ != "DELETED" and not touched_by_others(body, FIELD_MANAGER):
         return
+    _repairs.submit(_repair, namespace, owner, str(body.get("kind")))
+
+
+def _repair(namespace: str, owner: str, kind: str) -> None:
     try:
-        await asyncio.to_thread(reconcile, namespace, owner, kwargs)
+        reconcile(namespace, owner, leader.indexes())
     except KubeError as exc:
         if exc.status == 403 and "being terminated" in exc.message:
             return  # the namespace is going away: nothing to repair
-        log.exception("repairing %s of %s/%s failed", body.get("kind"), namespace, owner)
+        log.exception("repairing %s of %s/%s failed", kind, namespace, owner)
     except Exception:  # logged; the next event or resume retries
-        log.exception("repairing %s of %s/%s failed", body.get("kind"), namespace, owner)
+        log.exception("repairing %s of %s/%s failed", kind, namespace, owner)
 
 
-def _register_child_watches() -> None:
-    for api_version, kind in CHILD_KINDS:
-        group, _, version = api_version.rpartition("/")
-        plural = resource_of(api_version, kind).plural
-        # No when=leader.leading: every replica keeps its view of the children current.
-        kopf.on.event(group, version, plural, labels={LABEL_MANAGED_BY: MANAGED_BY},
-                      id=f"child-{kind.lower()}")(_child_event)
-        key: tuple[str, str] | tuple[str, str, str] = (group, version, plural) if group else (version, plural)
-        settings.WATCH_LABEL_SELECTORS[key] = CHILD_SELECTOR
+def child_watches(transport: Transport, namespaces: list[str]) -> list[ListWatch]:
+    """One list+watch per child kind and watched namespace (or the whole cluster), label-selected
+    by the API server. No leader filter: every replica keeps its view of the children current."""
+    scopes: list[str | None] = list(namespaces) or [None]
+    return [ListWatch(transport, api_version, kind, resource_of(api_version, kind).path(ns),
+                      CHILD_SELECTOR, _child_seen)
+            for api_version, kind in CHILD_KINDS for ns in scopes]
 
 
-_register_child_watches()
+@kopf.on.startup(id="child-watches")
+def start_child_watches(**_: Any) -> None:
+    if _watches:
+        return
+    # Its own pool: each watch holds a connection for its life and must not starve the requests.
+    scopes = max(1, len(settings.CONFIG.namespaces))
+    _watches.extend(child_watches(transport_for(pool_size=len(CHILD_KINDS) * scopes),
+                                  settings.CONFIG.namespaces))
+    for w in _watches:
+        w.start()
+
+
+@kopf.on.cleanup(id="child-watches")
+def stop_child_watches(**_: Any) -> None:
+    for w in _watches:
+        w.stop()
+    _watches.clear()

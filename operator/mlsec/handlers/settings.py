@@ -87,13 +87,6 @@ class OperatorConfig:
 
 CONFIG = OperatorConfig()
 
-# Server-side label selectors for watched kinds, keyed by kopf's (group, version, plural) — or
-# (version, plural) for the core group. Filled by the handler modules that register the watches:
-# the operator then never receives (nor keeps kopf's per-object state for) the cluster's other
-# Deployments, Services and ServiceAccounts.
-WATCH_LABEL_SELECTORS: dict[tuple[str, str] | tuple[str, str, str], str] = {}
-
-
 def apply_kopf_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping in annotations under our prefix, never in status (our status is typed).
@@ -107,8 +100,6 @@ def apply_kopf_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 360
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
-    for key, selector in WATCH_LABEL_SELECTORS.items():
-        settings.watching.label_selectors[key] = selector
     # Only warnings become Kubernetes Events (plus the events we post on purpose): a busy
     # operator must not flood etcd with "handler succeeded" events.
     settings.posting.level = logging.WARNING

@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 import kopf
-from kopf._cogs.structs.references import Resource
 
 from mlsec.builders.children import CHILD_KINDS
 from mlsec.clients.kube import resource_of
-from mlsec.handlers import deployment  # noqa: F401 - registers the child watches
+from mlsec.handlers import deployment
+from mlsec.handlers.main import HANDLER_MODULES
 from mlsec.handlers.settings import apply_kopf_settings
 
 
-def test_every_child_kind_is_watched_with_the_managed_by_selector() -> None:
-    settings = kopf.OperatorSettings()
-    apply_kopf_settings(settings)
-    for api_version, kind in CHILD_KINDS:
-        group, _, version = api_version.rpartition("/")
-        res = Resource(group=group, version=version, plural=resource_of(api_version, kind).plural,
-                       kind=kind, namespaced=True)
-        assert list(settings.watching.label_selectors.collect(res)) == [
-            "app.kubernetes.io/managed-by=mlsec-operator"], kind
+def test_kopf_watches_no_child_kind() -> None:
+    """kopf keeps per-object state for every object it watches: the children are watched by
+    mlsec.clients.watch instead, so no kopf handler may name a child kind."""
+    import importlib
+
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
+    registry = kopf.get_default_registry()
+    child_plurals = {resource_of(a, k).plural for a, k in CHILD_KINDS}
+    watched = {sel.plural for sel in registry._watching.get_all_selectors()} | {
+        sel.plural for sel in registry._changing.get_all_selectors()} | {
+        sel.plural for sel in registry._spawning.get_all_selectors()} | {
+        sel.plural for sel in registry._indexing.get_all_selectors()}
+    assert watched, "no kopf resource handlers found: the check would be empty"
+    assert not watched & child_plurals
 
 
-def test_our_own_kinds_are_watched_whole() -> None:
-    settings = kopf.OperatorSettings()
-    apply_kopf_settings(settings)
-    res = Resource(group="mlsec.io", version="v1alpha1", plural="modeldeployments",
-                   kind="ModelDeployment", namespaced=True)
-    assert list(settings.watching.label_selectors.collect(res)) == []
+def test_every_child_kind_is_watched_by_label_in_each_scope() -> None:
+    everywhere = deployment.child_watches(transport=None, namespaces=[])  # type: ignore[arg-type]
+    assert sorted(w.path for w in everywhere) == sorted(
+        resource_of(a, k).path(None) for a, k in CHILD_KINDS)
+    assert {w.label_selector for w in everywhere} == {"app.kubernetes.io/managed-by=mlsec-operator"}
+    scoped = deployment.child_watches(transport=None, namespaces=["a", "b"])  # type: ignore[arg-type]
+    assert len(scoped) == 2 * len(CHILD_KINDS)
+    assert {w.path.split("/namespaces/")[1].split("/")[0] for w in scoped} == {"a", "b"}
+    assert all(w.handler is deployment._child_seen for w in scoped)
 
 
 def test_no_worker_limit_and_no_deprecated_settings() -> None:
