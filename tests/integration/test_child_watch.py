@@ -34,13 +34,21 @@ class Recorder:
             return any(e[0] == type_ and e[1] == name for e in self.events)
 
 
-def configmap(namespace: str, name: str, labelled: bool = True, data: str = "1") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "ownerReferences": [
-        {"apiVersion": "mlsec.io/v1alpha1", "kind": "ModelDeployment", "name": f"owner-of-{name}",
-         "uid": "00000000-0000-0000-0000-000000000001"}]}
+def configmap(namespace: str, name: str, owner: dict[str, Any], labelled: bool = True) -> dict[str, Any]:
+    """A labelled child of ``owner`` (a real object: the garbage collector deletes the children
+    of owners that do not exist)."""
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": owner["metadata"]["name"],
+           "uid": owner["metadata"]["uid"]}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "ownerReferences": [ref]}
     if labelled:
         meta["labels"] = {"app.kubernetes.io/managed-by": "mlsec-operator"}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"v": data}}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"v": "1"}}
+
+
+@pytest.fixture
+def owner(kube: Kube, namespace: str) -> dict[str, Any]:
+    return kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "owner", "namespace": namespace}})
 
 
 @pytest.fixture
@@ -53,31 +61,31 @@ def watcher(localenv: local.LocalEnv, namespace: str) -> Iterator[tuple[ListWatc
 
 
 def test_list_then_watch_sees_only_labelled_objects(watcher: tuple[ListWatch, Recorder], kube: Kube,
-                                                    namespace: str) -> None:
+                                                    namespace: str, owner: dict[str, Any]) -> None:
     w, rec = watcher
-    kube.create(configmap(namespace, "before"))
+    kube.create(configmap(namespace, "before", owner))
     w.start()
     assert w.listed.wait(10)
     assert rec.seen(None, "before")  # found by the listing, not as an event
-    kube.create(configmap(namespace, "other", labelled=False))
-    kube.create(configmap(namespace, "after"))
+    kube.create(configmap(namespace, "other", owner, labelled=False))
+    kube.create(configmap(namespace, "after", owner))
     wait_until(lambda: rec.seen("ADDED", "after"), timeout=10, what="ADDED after")
     kube.patch("v1", "ConfigMap", namespace, "after", {"data": {"v": "2"}})
     wait_until(lambda: rec.seen("MODIFIED", "after"), timeout=10, what="MODIFIED after")
     kube.delete("v1", "ConfigMap", namespace, "before")
     wait_until(lambda: rec.seen("DELETED", "before"), timeout=10, what="DELETED before")
     assert not any(e[1] == "other" for e in rec.events)  # filtered by the API server
-    assert ("DELETED", "before", ["owner-of-before"]) in rec.events
+    assert ("DELETED", "before", ["owner"]) in rec.events
 
 
 def test_a_relist_reports_what_vanished_in_a_gap(watcher: tuple[ListWatch, Recorder], kube: Kube,
-                                                 namespace: str) -> None:
+                                                 namespace: str, owner: dict[str, Any]) -> None:
     w, rec = watcher
     for name in ("a", "b", "c"):
-        kube.create(configmap(namespace, name))
+        kube.create(configmap(namespace, name, owner))
     w.relist()
     assert sorted(e[1] for e in rec.events if e[0] is None) == ["a", "b", "c"]
     kube.delete("v1", "ConfigMap", namespace, "b")  # while nobody watches
     w.relist()
-    assert ("DELETED", "b", ["owner-of-b"]) in rec.events  # with its owner: the model is repaired
+    assert ("DELETED", "b", ["owner"]) in rec.events  # with its owner: the model is repaired
     assert sorted(w.known) == [(namespace, "a"), (namespace, "c")]

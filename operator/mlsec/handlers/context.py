@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-
 from mlsec.audit import AuditLog
 from mlsec.builders.conditions import rfc3339
-from mlsec.clients.kube import Kube, KubeError
+from mlsec.clients.kube import Kube
 from mlsec.handlers.settings import CONFIG
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -39,16 +39,14 @@ def snapshot(index: Any, key: Any) -> list[Any]:
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """A Kubernetes Event about ``body``: through kopf inside a handler, else written directly
-    (kopf's event queue exists only in its per-object tasks). Never raises: an event is a hint."""
-    try:
-        kopf.event(dict(body), type=type_, reason=reason, message=message)
-        return
-    except LookupError:
-        pass
+    """A Kubernetes Event about ``body``, written now, from the calling thread.
+
+    Not through kopf's event queue: kopf posts its queue one event at a time and retries each up
+    to 9 times with back-off, so events for namespaces being deleted (refused) delay every later
+    event by tens of seconds. Never raises: an event is a hint."""
     meta = body.get("metadata") or {}
     now = rfc3339(datetime.now(UTC))
-    with contextlib.suppress(KubeError):
+    try:
         kube().create({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": "mlsec-event-", "namespace": meta.get("namespace")},
@@ -59,3 +57,5 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
             "source": {"component": "mlsec-operator"}, "reportingComponent": "mlsec-operator",
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         })
+    except Exception as exc:  # a namespace being deleted, the API server briefly away
+        log.debug("event %s for %s/%s not posted: %s", reason, meta.get("namespace"), meta.get("name"), exc)
