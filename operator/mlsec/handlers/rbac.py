@@ -53,6 +53,7 @@ from mlsec.clients.kube import KubeError
 from mlsec.clients.ldap import DirectoryClient, DirectoryError, DirectorySettings, LdapDirectory
 from mlsec.handlers import context, leader
 from mlsec.handlers.metrics import WRITES
+from mlsec.handlers.naps import nap
 from mlsec.handlers.policy import KIND, PLURAL, active_policy_name
 from mlsec.handlers.status import status_differs, write_status
 
@@ -205,7 +206,7 @@ async def ldap_sync_schedule(stopped: kopf.DaemonStopped, body: kopf.Body, names
             # body is kopf's live view of the policy: hand the thread a stable copy.
             snapshot = copy.deepcopy(dict(body))
             await asyncio.to_thread(sync_namespace, namespace, snapshot, wait=False)
-        await stopped.wait(min(max(state.next_due - time.monotonic(), 0.5), TICK_SECONDS))
+        await nap(stopped, min(max(state.next_due - time.monotonic(), 0.5), TICK_SECONDS))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="ldap-rbac", optional=True)

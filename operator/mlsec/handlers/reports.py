@@ -43,6 +43,7 @@ from mlsec.builders import report as rb
 from mlsec.clients.kube import KubeError
 from mlsec.handlers import context, leader, rbac
 from mlsec.handlers.metrics import WRITES
+from mlsec.handlers.naps import nap
 from mlsec.handlers.policy import PLURAL as POLICY_PLURAL
 from mlsec.handlers.policy import active_policy_name
 from mlsec.handlers.settings import CONFIG
@@ -292,16 +293,6 @@ def _model_facts(entries: Iterable[ModelEntry]) -> list[rb.ObjectFacts]:
 # --- the daemon ------------------------------------------------------------------------------------
 
 
-async def _wait(event: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
-    """Until ``event`` is set, the daemon is stopped, or ``timeout`` seconds passed."""
-    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
 # cancellation_backoff: the stop is signalled first; the loop exits at once unless a computation
 # (an API call, bounded by the client's timeouts) is running.
 @kopf.daemon(GROUP, VERSION, POLICY_PLURAL, id="compliance-report", cancellation_backoff=10,
@@ -322,25 +313,25 @@ async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namesp
                 if active:
                     state.retire()
                 active = False
-                await stopped.wait(TICK)
+                await nap(stopped, TICK)
                 continue
             if not active:  # newly responsible: trust nothing cached, compute at once
                 state.forget()
                 active, next_due = True, 0.0
             if not event.is_set() and loop.time() < next_due \
                     and len(report_models.get(namespace, [])) == count:
-                await _wait(event, stopped, min(TICK, next_due - loop.time()))
+                await nap(stopped, min(TICK, next_due - loop.time()), event)
                 continue
             # Let a burst of events settle (at most MAX_DELAY), then keep to MIN_INTERVAL.
             woke = loop.time()
             while not stopped:
                 event.clear()
-                await stopped.wait(SETTLE)
+                await nap(stopped, SETTLE)
                 if not event.is_set() or loop.time() - woke >= MAX_DELAY:
                     break
             pause = last_run + max(MIN_INTERVAL, PACE * state.write_seconds) - loop.time()
             if pause > 0:
-                await stopped.wait(pause)
+                await nap(stopped, pause)
             if stopped:
                 break
             event.clear()

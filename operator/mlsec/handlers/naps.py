@@ -1,0 +1,27 @@
+"""Daemons' interruptible sleep, without kopf's time-limited ``stopped.wait(n)``.
+
+``await stopped.wait(n)`` runs a task of its own that ends in ``TimeoutError`` when the ``n``
+seconds pass (kopf 1.45): the daemon's side catches it, but when the operator stops at that
+moment, kopf's shutdown collects the finished task among the leftovers and re-raises its
+``TimeoutError``, so the operator exits 1 after a SIGTERM (seen in CI: a stop right after a
+start, with several policies' daemons napping). Here the wait for the stop flag has no time
+limit of its own; the time limit is :func:`asyncio.wait`'s, which raises nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+
+async def nap(stopped: kopf.DaemonStopped, seconds: float, wake: asyncio.Event | None = None) -> None:
+    """Until the daemon is stopped, ``wake`` is set, or ``seconds`` passed."""
+    waiters = {asyncio.ensure_future(stopped.wait())}
+    if wake is not None:
+        waiters.add(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
