@@ -135,14 +135,10 @@ class Kube:
         return self.transport.request(method, path, query=query or [], body=body,
                                       content_type=content_type, timeout=timeout)
 
-    def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
-              body: Any = None, content_type: str | None = None) -> Any:
-        return self.request(method, path, query=query, body=body, content_type=content_type)
-
     # --- reads ----------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self._call("GET", resource_of(api_version, kind).path(namespace, name)))
+            return dict(self.request("GET", resource_of(api_version, kind).path(namespace, name)))
         except KubeError as exc:
             if exc.status == 404:
                 return None
@@ -151,7 +147,7 @@ class Kube:
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        data = self._call("GET", resource_of(api_version, kind).path(namespace), query=query)
+        data = self.request("GET", resource_of(api_version, kind).path(namespace), query=query)
         return list(data.get("items", []))
 
     # --- writes ---------------------------------------------------------------------------
@@ -162,25 +158,25 @@ class Kube:
         query: list[tuple[str, Any]] = [("fieldManager", self.field_manager), ("force", force)]
         if dry_run:
             query.append(("dryRun", "All"))
-        return dict(self._call("PATCH", res.path(meta.get("namespace"), meta["name"]), query=query,
+        return dict(self.request("PATCH", res.path(meta.get("namespace"), meta["name"]), query=query,
                                body=obj, content_type="application/apply-patch+yaml"))
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         res = resource_of(obj["apiVersion"], obj["kind"])
         query = [("fieldManager", self.field_manager)]
-        return dict(self._call("POST", res.path(obj["metadata"].get("namespace")), query=query, body=obj))
+        return dict(self.request("POST", res.path(obj["metadata"].get("namespace")), query=query, body=obj))
 
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
         """PUT: conditional on metadata.resourceVersion when the caller sets it."""
         res = resource_of(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
-        return dict(self._call("PUT", res.path(meta.get("namespace"), meta["name"]),
+        return dict(self.request("PUT", res.path(meta.get("namespace"), meta["name"]),
                                query=[("fieldManager", self.field_manager)], body=obj))
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any]) -> dict[str, Any]:
         res = resource_of(api_version, kind)
-        return dict(self._call("PATCH", res.path(namespace, name) + "/status",
+        return dict(self.request("PATCH", res.path(namespace, name) + "/status",
                                query=[("fieldManager", self.field_manager)],
                                body={"status": status}, content_type="application/merge-patch+json"))
 
@@ -195,19 +191,19 @@ class Kube:
         body = {"apiVersion": api_version, "kind": kind,
                 "metadata": {"name": name, "namespace": namespace}, "status": status}
         query: list[tuple[str, Any]] = [("fieldManager", manager or self.field_manager), ("force", True)]
-        return dict(self._call("PATCH", res.path(namespace, name) + "/status", query=query,
+        return dict(self.request("PATCH", res.path(namespace, name) + "/status", query=query,
                                body=body, content_type="application/apply-patch+yaml"))
 
     def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
               body: dict[str, Any]) -> dict[str, Any]:
         res = resource_of(api_version, kind)
-        return dict(self._call("PATCH", res.path(namespace, name),
+        return dict(self.request("PATCH", res.path(namespace, name),
                                query=[("fieldManager", self.field_manager)],
                                body=body, content_type="application/merge-patch+json"))
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         try:
-            self._call("DELETE", resource_of(api_version, kind).path(namespace, name))
+            self.request("DELETE", resource_of(api_version, kind).path(namespace, name))
         except KubeError as exc:
             if exc.status == 404:
                 return False

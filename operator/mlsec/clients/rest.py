@@ -78,6 +78,12 @@ class Credentials:
     tls_server_name: str | None = None
     namespace: str | None = None
 
+    def read_token(self) -> str | None:
+        """The bearer token: from ``token_path`` as it is now (rotated by the kubelet), else ``token``."""
+        if self.token_path:
+            return Path(self.token_path).read_text().strip() or None
+        return self.token
+
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(
             cafile=self.ca_path, cadata=self.ca_data.decode() if self.ca_data else None)
@@ -228,13 +234,12 @@ class HttpTransport:
             cert_reqs=ssl.CERT_NONE if creds.insecure else ssl.CERT_REQUIRED, **kwargs)
 
     def _bearer(self) -> str | None:
-        path = self.creds.token_path
-        if path is None:
+        if self.creds.token_path is None:
             return self._token
         with self._lock:
             now = time.monotonic()
             if self._token is None or now - self._token_read > TOKEN_REREAD_SECONDS:
-                self._token = Path(path).read_text().strip()
+                self._token = self.creds.read_token()
                 self._token_read = now
             return self._token
 
@@ -309,7 +314,6 @@ class ApiClientTransport:
         except ApiException as exc:
             raise error_from(int(exc.status or 0), str(exc.reason or ""), exc.body) from None
 
-
     def stream(self, path: str, query: Sequence[tuple[str, Any]], read_timeout: float) -> Any:
         from kubernetes.client.rest import ApiException
 
@@ -320,6 +324,7 @@ class ApiClientTransport:
                 _request_timeout=(5, read_timeout))
         except ApiException as exc:
             raise error_from(int(exc.status or 0), str(exc.reason or ""), exc.body) from None
+
 
 def keep_kubernetes_package_out() -> bool:
     """Make ``import kubernetes`` fail in this process when our own credentials suffice: kopf

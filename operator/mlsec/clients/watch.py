@@ -113,33 +113,27 @@ class ListWatch:
                  ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
                  ("timeoutSeconds", WATCH_SECONDS)]
         try:
-            events = self._events(query)
-            first = next(events, None)
-        except KubeError as exc:
+            for event in self._events(query):
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    raise KubeError(int(obj.get("code") or 0), str(obj.get("reason") or ""),
+                                    str(obj.get("message") or ""))
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if rv:
+                    resource_version = str(rv)
+                if kind == "BOOKMARK":
+                    continue
+                if kind == "DELETED":
+                    self.known.pop(_key(obj), None)
+                else:
+                    self.known[_key(obj)] = _owners(obj)
+                self.handler(str(kind), obj)
+                if self._stop.is_set():
+                    break
+        except KubeError as exc:  # opening the watch, or an ERROR event in it
             if exc.status == 410:
                 raise Gone() from None
             raise
-        if first is None:
-            return resource_version
-        for event in _chain(first, events):
-            kind, obj = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    raise Gone()
-                raise KubeError(int(obj.get("code") or 0), str(obj.get("reason") or ""),
-                                str(obj.get("message") or ""))
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
-            if rv:
-                resource_version = str(rv)
-            if kind == "BOOKMARK":
-                continue
-            if kind == "DELETED":
-                self.known.pop(_key(obj), None)
-            else:
-                self.known[_key(obj)] = _owners(obj)
-            self.handler(str(kind), obj)
-            if self._stop.is_set():
-                break
         return resource_version
 
     def _stub(self, key: tuple[str, str], owners: Owners) -> dict[str, Any]:
@@ -159,11 +153,6 @@ class ListWatch:
                         yield json.loads(line)
         finally:
             resp.release_conn()
-
-
-def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    yield first
-    yield from rest
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:

@@ -49,13 +49,9 @@ def session_for(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSession:
 
 def connection_info(creds: rest.Credentials) -> kopf.ConnectionInfo:
     """kopf's view of the credentials (a token file is read now: kopf logs in again on a 401)."""
-    token = creds.token
-    if creds.token_path:
-        with open(creds.token_path, encoding="utf-8") as f:
-            token = f.read().strip()
     return kopf.ConnectionInfo(
         server=creds.server, ca_path=creds.ca_path, ca_data=creds.ca_data, insecure=creds.insecure,
-        username=creds.username, password=creds.password, token=token or None,
+        username=creds.username, password=creds.password, token=creds.read_token(),
         certificate_path=creds.cert_path, certificate_data=creds.cert_data,
         private_key_path=creds.key_path, private_key_data=creds.key_data,
         default_namespace=creds.namespace)
