@@ -187,7 +187,7 @@ class Bench:
                         body = await resp.json()
                         return resp.status == 200 and "allowed" in body.get("response", {})
 
-                await burst(session, 10, post)  # warm-up
+                await burst(session, self.n, post)  # warm-up: n connections open, as a steady client has
                 samples, failures = [], 0
                 cpu0 = self.cpu()
                 for _ in range(self.rounds):
@@ -227,7 +227,7 @@ class Bench:
 
         samples, failures = [], 0
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=0)) as session:
-            await burst(session, 10, create)
+            await burst(session, self.n, create)
             cpu0 = self.cpu()
             for _ in range(self.rounds):
                 got, bad = await burst(session, self.n, create)

@@ -18,7 +18,9 @@ persistent: a stopping replica leaves them in place, so a rolling upgrade never 
 - Status of our kinds: written only by the operator's own identity.
 
 Handlers are coroutines: they only read kopf's in-memory indexes, so they run on the event loop
-without a thread hop (``benchmark: bench/webhook_latency.py``).
+without a thread hop. kopf registers them and runs the server, but calls them through
+:mod:`mlsec.handlers.admission_dispatch`, not its own per-request pipeline
+(``bench/webhook_latency.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mlsec.api.approval import IMMUTABLE_MESSAGE
 from mlsec.audit.events import Action, Actor, Context, EventType, Resource, Result, ResultStatus
 from mlsec.gate import Decision, review
 from mlsec.gate.adapt import release_of, rules_of
+from mlsec.handlers import admission_dispatch as dispatch
 from mlsec.handlers import context, promotion, settings, webhook
 from mlsec.handlers.deployment import REQUESTED_BY, policy_in_force
 
@@ -233,13 +236,16 @@ def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
         cfg.webhook.failure_policy, lambda: webhook.native_policies_served(kube))
     STATE.identity = webhook.operator_identity(cfg, kube)
     webhook.install_config_rewrite(STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
-    settings_.admission.server = webhook.make_server(cfg)
+    settings_.admission.server = webhook.make_server(cfg, ROUTES)
     settings_.admission.managed = webhook.MANAGED
     # One access-log line per admission request is noise at API-server rates (kopf already logs
-    # each denial with its reason).
+    # each denial with its reason: mlsec.handlers.admission_dispatch).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     log.info("admission webhooks on port %s: failurePolicy %s, timeout %ss, operator identity %s",
              cfg.webhook_port, STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
+
+
+ROUTES: dict[str, dispatch.Route] = {}  # webhook id → handler, served by mlsec.handlers.webhook.Server
 
 
 def register(registry: kopf.OperatorRegistry | None = None) -> None:
@@ -249,20 +255,21 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
     def startup(settings: kopf.OperatorSettings, **kw: Any) -> None:
         configure(settings, **kw)
 
+    def hook(decorator: Any, plural: str, id: str, fn: Any, operations: list[str],
+             subresource: str | None = None, audited: bool = False, **options: Any) -> None:
+        decorator(GROUP, VERSION, plural, id=id, operations=operations, subresource=subresource,
+                  registry=reg, persistent=True, **options)(fn)
+        ROUTES[id] = dispatch.Route.of(fn, operations, subresource, audited=audited)
+
     kopf.on.startup(registry=reg, id="admission-webhooks")(startup)
-    common: dict[str, Any] = {"registry": reg, "persistent": True}
-    kopf.on.mutate(GROUP, VERSION, APPROVALS, id="approval-stamp", operations=["CREATE"],
-                   **common)(approval_stamp)
-    kopf.on.validate(GROUP, VERSION, APPROVALS, id="approval-check", operations=["CREATE", "UPDATE"],
-                     **common)(approval_check)
-    kopf.on.mutate(GROUP, VERSION, MODELS, id="deployment-stamp", operations=["CREATE", "UPDATE"],
-                   **common)(deployment_stamp)
-    kopf.on.validate(GROUP, VERSION, MODELS, id=webhook.GATE_HOOK, operations=["CREATE", "UPDATE"],
-                     side_effects=True, **common)(deployment_gate)
+    hook(kopf.on.mutate, APPROVALS, "approval-stamp", approval_stamp, ["CREATE"])
+    hook(kopf.on.validate, APPROVALS, "approval-check", approval_check, ["CREATE", "UPDATE"])
+    hook(kopf.on.mutate, MODELS, "deployment-stamp", deployment_stamp, ["CREATE", "UPDATE"])
+    hook(kopf.on.validate, MODELS, webhook.GATE_HOOK, deployment_gate, ["CREATE", "UPDATE"],
+         audited=True, side_effects=True)
     kopf.on.event(GROUP, VERSION, POLICIES, id="admission-indexes-ready", registry=reg)(indexes_ready)
     for plural in (MODELS, APPROVALS, POLICIES):
-        kopf.on.validate(GROUP, VERSION, plural, id=f"status-guard-{plural}", subresource="status",
-                         operations=["UPDATE"], **common)(status_guard)
+        hook(kopf.on.validate, plural, f"status-guard-{plural}", status_guard, ["UPDATE"], "status")
 
 
 if settings.CONFIG.webhook_port:

@@ -60,13 +60,25 @@ def _parse_policy(namespace: str, name: str, generation: int, spec_json: str) ->
         return "; ".join(validation_messages(exc))
 
 
+# (namespace, name, uid, generation) → (the index's spec object, its parse): no JSON per admission.
+_parsed: dict[tuple[str, str, str, int], tuple[Any, MLSecurityPolicy | str]] = {}
+
+
 def policy_in_force(namespace: str, indexes: dict[str, Any]) -> tuple[MLSecurityPolicy | None, str]:
     """(policy, "") or (None, why not) — from kopf's policy index, no API call."""
     entry = policy.active_policy(indexes["policies_by_namespace"], namespace)
     if entry is None:
         return None, f"no MLSecurityPolicy in namespace {namespace}: nothing is rolled out (fail closed)"
-    _, name, generation, spec, _uid = entry
-    parsed = _parse_policy(namespace, name, generation, json.dumps(spec, sort_keys=True))
+    _, name, generation, spec, uid = entry
+    key = (namespace, name, uid, generation)
+    cached = _parsed.get(key)
+    if cached is not None and cached[0] is spec:  # the very entry kopf indexed: parsed already
+        parsed = cached[1]
+    else:
+        parsed = _parse_policy(namespace, name, generation, json.dumps(spec, sort_keys=True))
+        if len(_parsed) > 1024:
+            _parsed.clear()
+        _parsed[key] = (spec, parsed)
     if isinstance(parsed, str):
         return None, f"MLSecurityPolicy {name} is invalid: {parsed}"
     return parsed, ""
