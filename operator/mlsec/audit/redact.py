@@ -48,6 +48,18 @@ def redact_text(text: str) -> str:
 
 def redact(value: Any) -> Any:
     """Return a JSON-ready copy of ``value`` with secret-looking keys and values replaced."""
+    # Exact built-in types first: isinstance against the Mapping ABC was most of the cost of an
+    # audit record, and records are written on the admission path.
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind is dict:
+        return {
+            str(k): REDACTED if v is not None and is_secret_key(str(k)) else redact(v)
+            for k, v in value.items()
+        }
+    if kind is list or kind is tuple:
+        return [redact(v) for v in value]
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, str):
