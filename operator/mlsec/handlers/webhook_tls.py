@@ -15,8 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsec.local import pki
-
 # Secret keys of a kubernetes.io/tls Secret (cert-manager adds ca.crt).
 CERT_FILE, KEY_FILE, CA_FILE = "tls.crt", "tls.key", "ca.crt"
 
@@ -52,6 +50,8 @@ def generate(hosts: Iterable[str], directory: Path | None = None, days: int = 36
     dns, ips = split_hosts(hosts)
     if not dns and not ips:
         raise ValueError("the webhook certificate needs at least one host name or IP address")
+    from mlsec.local import pki  # cryptography costs 7.5 MiB: only operators that generate pay
+
     ca = pki.make_ca("mlsec-webhook-ca", days=days)
     serving = pki.issue(ca, (dns or ips)[0], dns_names=dns, ips=ips, days=days)
     target = directory or Path(tempfile.mkdtemp(prefix="mlsec-webhook-"))
