@@ -82,6 +82,14 @@ class Server(kopf.WebhookServer):
         self.service = service
         self.routes = routes if routes is not None else {}
 
+    def _build_ssl(self) -> Any:
+        cadata, context = super()._build_ssl()
+        if context is not None:
+            # No TLS 1.3 session tickets: the API server's webhook client keeps no session cache,
+            # so the two tickets OpenSSL sends after every handshake were work for nothing.
+            context.num_tickets = 0
+        return cadata, context
+
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf hands its request function with its indexes bound (functools.partial).
         indexes = (getattr(fn, "keywords", None) or {}).get("indices")

@@ -87,6 +87,8 @@ def test_server_for_a_service_names_the_service(tmp_path: Path) -> None:
     assert "mlsec-webhook.mlsec-system.svc.cluster.local" in sans.get_values_for_type(x509.DNSName)
     local = webhook.make_server(OperatorConfig(webhook_port=9443, bind_address="127.0.0.1"))
     assert local.host == "127.0.0.1" and local.service is None and local.cadata
+    _, context = local._build_ssl()
+    assert context is not None and context.num_tickets == 0  # no client of ours resumes sessions
 
 
 # --- registration ------------------------------------------------------------------------------
