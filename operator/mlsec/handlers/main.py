@@ -9,7 +9,7 @@ import logging
 import kopf
 from prometheus_client import start_http_server
 
-from mlsec.handlers import kopf_patches, settings
+from mlsec.handlers import allocator, kopf_patches, settings
 
 # Importing these registers their kopf handlers.
 HANDLER_MODULES = (
@@ -27,6 +27,7 @@ HANDLER_MODULES = (
 
 
 def run(args: argparse.Namespace) -> int:
+    allocator.limit_arenas()  # before any thread starts
     cfg = settings.CONFIG
     cfg.namespaces = list(args.namespace or [])
     cfg.metrics_port = args.metrics_port

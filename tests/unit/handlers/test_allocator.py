@@ -1,0 +1,50 @@
+"""The operator caps glibc's malloc arenas (issue 9's memory figures)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlsec.handlers import allocator
+
+# Sixteen threads alive together, each allocating large blocks (not pymalloc's: those come from glibc), then
+# glibc's own statistics, one "Arena N:" block per arena, on stderr.
+PROGRAM = """
+import ctypes, sys, threading
+from mlsec.handlers import allocator
+print(allocator.limit_arenas() if sys.argv[1] == "capped" else None)
+blocks = []
+together = threading.Barrier(16)
+def work():
+    together.wait()  # all alive at once: an exiting thread hands its arena to the next one
+    blocks.extend(bytearray(64 * 1024) for _ in range(20))
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def arenas(mode: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    env["PYTHONPATH"] = str(Path(allocator.__file__).parents[2])
+    run = subprocess.run([sys.executable, "-c", PROGRAM, mode], env=env, capture_output=True, text=True,
+                         check=True)
+    return run.stdout.strip(), run.stderr.count("Arena ")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+def test_two_arenas_however_many_threads_allocate() -> None:
+    assert arenas("capped") == ("True", 2)
+    said, uncapped = arenas("default")
+    assert said == "None" and uncapped > 2  # the premise: glibc's default gives threads their own
+
+
+def test_an_administrators_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert allocator.limit_arenas() is False
