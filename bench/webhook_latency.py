@@ -44,6 +44,10 @@ import yaml
 from mlsec.local import env as local
 from mlsec.local import procs
 
+if not __package__:  # run as a file: bench/ is on sys.path, the repository is not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common as c
+
 REPO = Path(__file__).resolve().parents[1]
 API = "mlsec.io/v1alpha1"
 DIGEST = "sha256:" + "a" * 64
@@ -243,12 +247,16 @@ class Bench:
         saved = yaml.safe_load(self.kubectl("get", NATIVE_BINDINGS, "-l", NATIVE, "-o", "yaml"))["items"]
         gate_ns, api_ns = f"bench-gate-{uuid.uuid4().hex[:6]}", f"bench-api-{uuid.uuid4().hex[:6]}"
         results: list[dict[str, Any]] = []
+        # An operator that starts while an earlier run's models are being deleted resumes them
+        # all, during the measurement.
+        c.wait_clean(self.env)
         try:
             if saved:
                 self.kubectl("delete", NATIVE_BINDINGS, "-l", NATIVE)
             self.start_operator()
             for ns in (gate_ns, api_ns):
                 self.kubectl("create", "namespace", ns)
+                self.kubectl("label", "namespace", ns, f"{c.BENCH_LABEL}=true")
             policy = yaml.safe_load((REPO / "manifests/samples/policy-hospital.yaml").read_text())
             policy["metadata"]["namespace"] = gate_ns
             policy["spec"].pop("vault", None)
@@ -272,8 +280,9 @@ class Bench:
             self.stop_operator()
             for kind in CONFIGS:
                 self.kubectl("delete", kind, "mlsec.io", "--ignore-not-found", check=False)
-            for ns in (gate_ns, api_ns):
-                self.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+            # The policy keeps kopf's finalizer once the operator is gone: stripped, or the
+            # namespace would stay Terminating.
+            c.delete_namespaces(c.admin_kube(self.env), [gate_ns, api_ns])
             for item in saved:
                 meta = item["metadata"]
                 item["metadata"] = {k: meta[k] for k in ("name", "labels") if k in meta}

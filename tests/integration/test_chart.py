@@ -157,7 +157,7 @@ def installed_rbac(localenv: local.LocalEnv, namespace: str) -> Iterator[str]:
 
 
 def test_operator_permissions_have_no_wildcard_and_no_secret_listing(
-        localenv: local.LocalEnv, namespace: str, installed_rbac: str) -> None:
+        localenv: local.LocalEnv, namespace: str, installed_rbac: str, crds_installed: None) -> None:
     user = installed_rbac
     assert user.endswith(":mlsec-operator")
     for ns in (namespace, "default"):
@@ -186,6 +186,13 @@ def test_operator_permissions_have_no_wildcard_and_no_secret_listing(
     wait_until(lambda: can("create", "modeldeployments.mlsec.io", "-n", "default"), timeout=20,
                what="can-i create modeldeployments")
     assert can("create", "leases.coordination.k8s.io", "-n", namespace)
+    # Webhook configurations: its own two only (a create carries no name to check).
+    for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        assert can("create", kind)
+        assert can("patch", f"{kind}/mlsec.io")
+        assert not can("patch", f"{kind}/someone-elses-webhooks")
+        assert not can("delete", f"{kind}/mlsec.io")
+        assert not can("list", kind)
 
 
 WEBHOOK_CONFIGS = ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 NAMESPACE = "mlsec-system"
+WEBHOOK_CONFIGURATION = "mlsec.io"  # mlsec.handlers.webhook.MANAGED: both configurations' name
 NAME = "mlsec-operator"
 READ = ["get", "list", "watch"]
 WRITE = ["create", "update", "patch", "delete"]
@@ -41,10 +42,14 @@ def rules() -> list[Obj]:
         {"apiGroups": ["openreports.io"], "resources": ["reports"], "verbs": [*READ, *WRITE]},
         # Leader election between replicas and kopf's own peering.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": [*READ, *WRITE]},
-        # The kopf admission webhook registers (and patches) its own configurations.
+        # The kopf admission webhook creates its two configurations (a create carries no name
+        # RBAC could check) and then patches only those: never another product's webhooks.
         {"apiGroups": ["admissionregistration.k8s.io"],
          "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
-         "verbs": [*READ, "create", "update", "patch"]},
+         "verbs": ["create"]},
+        {"apiGroups": ["admissionregistration.k8s.io"],
+         "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+         "verbs": ["get", "update", "patch"], "resourceNames": [WEBHOOK_CONFIGURATION]},
         # Detect which admission APIs the cluster serves, and the CRDs kopf watches.
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": READ},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},

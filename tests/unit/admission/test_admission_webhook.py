@@ -194,3 +194,14 @@ def test_no_webhooks_without_a_port() -> None:
     registry = kopf.get_default_registry()
     ours = ("approval-", "deployment-", "status-guard-")
     assert not [h for h in registry._webhooks.get_all_handlers() if h.id.startswith(ours)]
+
+
+def test_the_operator_may_patch_exactly_the_configurations_kopf_manages() -> None:
+    from mlsec.config import rbac
+
+    assert rbac.WEBHOOK_CONFIGURATION == webhook.MANAGED
+    named = [r for r in rbac.rules() if r.get("resourceNames") == [webhook.MANAGED]]
+    assert {v for r in named for v in r["verbs"]} == {"get", "update", "patch"}
+    unnamed = [r for r in rbac.rules() if "validatingwebhookconfigurations" in r["resources"]
+               and "resourceNames" not in r]
+    assert [r["verbs"] for r in unnamed] == [["create"]]
