@@ -89,3 +89,22 @@ def test_a_relist_reports_what_vanished_in_a_gap(watcher: tuple[ListWatch, Recor
     w.relist()
     assert ("DELETED", "b", ["owner"]) in rec.events  # with its owner: the model is repaired
     assert sorted(w.known) == [(namespace, "a"), (namespace, "c")]
+
+
+def test_a_paginated_read_returns_every_object_once(kube: Kube, namespace: str, owner: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kube.iter_list: what the bulk readers (people sync, policy changes, election) use."""
+    for i in range(7):
+        kube.create(configmap(namespace, f"page-{i}", owner))
+    pages: list[int] = []
+    request = kube.transport.request
+
+    def counting(method: str, path: str, **kwargs: Any) -> Any:
+        out = request(method, path, **kwargs)
+        pages.append(len(out.get("items") or []))
+        return out
+
+    monkeypatch.setattr(kube.transport, "request", counting)
+    listed = kube.iter_list("v1", "ConfigMap", namespace, SELECTOR, page_size=3)
+    assert sorted(o["metadata"]["name"] for o in listed) == [f"page-{i}" for i in range(7)]
+    assert pages == [3, 3, 1]

@@ -320,12 +320,12 @@ def model_changed(namespace: str, name: str, body: kopf.Body, reason: str, **kwa
 
 def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:
     """Re-reconcile every ModelDeployment governed by a namespace's policy."""
-    for item in context.kube().list(API, KIND, namespace):
+    names = [item["metadata"]["name"] for item in context.kube().iter_list(API, KIND, namespace)]
+    for name in names:
         try:
-            reconcile(namespace, item["metadata"]["name"], kwargs)
+            reconcile(namespace, name, kwargs)
         except Exception:  # one broken model must not starve the others
-            log.exception("reconcile of %s/%s after a policy change failed",
-                          namespace, item["metadata"]["name"])
+            log.exception("reconcile of %s/%s after a policy change failed", namespace, name)
 
 
 policy.ON_POLICY_CHANGE.append(_policy_changed)
@@ -334,7 +334,7 @@ promotion.ON_DECISIONS_CHANGED.append(_policy_changed)
 
 def _reconcile_all(indexes: dict[str, Any]) -> None:
     """On election: converge every model, whatever the previous leader left half-done."""
-    namespaces = sorted({item["metadata"]["namespace"] for item in context.kube().list(API, KIND)})
+    namespaces = sorted({item["metadata"]["namespace"] for item in context.kube().iter_list(API, KIND)})
     for namespace in namespaces:
         _policy_changed(namespace, indexes)
 

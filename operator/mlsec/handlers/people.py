@@ -163,6 +163,19 @@ def _policies_in_force(items: list[dict[str, Any]]) -> list[MLSecurityPolicy]:
     return out
 
 
+def _what_sync_reads(item: dict[str, Any]) -> dict[str, Any]:
+    """A model's body without what the sync never reads (managed fields, annotations, status
+    other than the stage): all models are read at once, a page of full bodies at a time."""
+    meta = item.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "generation", "deletionTimestamp") if k in meta}
+    out = {"apiVersion": item.get("apiVersion"), "kind": item.get("kind"), "metadata": kept,
+           "spec": item.get("spec")}
+    stage = (item.get("status") or {}).get("stage")
+    if stage is not None:
+        out["status"] = {"stage": stage}
+    return out
+
+
 def _models(items: list[dict[str, Any]]) -> dict[str, list[ModelDeployment]]:
     out: dict[str, list[ModelDeployment]] = {}
     for item in items:
@@ -191,7 +204,7 @@ def sync_from_api() -> SyncReport | None:
     md_items: list[dict[str, Any]] = []
     for ns in where:
         pol_items += kube.list(API, POLICY_KIND, ns)
-        md_items += kube.list(API, "ModelDeployment", ns)
+        md_items += [_what_sync_reads(item) for item in kube.iter_list(API, "ModelDeployment", ns)]
     pols = _policies_in_force(pol_items)
     for p in pols:
         if p.spec.vault is not None and p.spec.vault.ldap_auth_mount:

@@ -208,3 +208,26 @@ def test_audit_check_and_blocker(monkeypatch: pytest.MonkeyPatch, devices: dict[
     body = policy().model_dump(by_alias=True, mode="json")
     body["spec"]["vault"]["requireAuditDevice"] = False
     assert step.audit_blocker("radiology-ml", MLSecurityPolicy.model_validate(body)) == ""
+
+
+def test_the_sync_reads_a_compact_body_of_each_model() -> None:
+    from mlsec.api import ModelDeployment
+    from mlsec.handlers import people as handler
+
+    ready = {"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok",
+             "lastTransitionTime": "2026-12-03T00:00:00Z"}
+    image = "registry.hospital.com/ml/mri@sha256:" + "a" * 64
+    body = {"apiVersion": "mlsec.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "mri", "namespace": "radiology", "uid": "u1", "generation": 4,
+                         "managedFields": [{"manager": "kubectl"}] * 20,
+                         "annotations": {"mlsec.io/last-handled-configuration": "{...}" * 100}},
+            "spec": {"model": "mri", "version": "3", "image": image, "stage": "staging",
+                     "dataClassification": "phi", "owner": "alice",
+                     "secrets": [{"name": "weights", "path": "secret/data/ml-models/mri"}]},
+            "status": {"stage": "production", "conditions": [ready]}}
+    compact = handler._what_sync_reads(body)
+    assert "managedFields" not in compact["metadata"] and "annotations" not in compact["metadata"]
+    assert compact["status"] == {"stage": "production"}
+    full, small = ModelDeployment.model_validate(body), ModelDeployment.model_validate(compact)
+    assert small.spec == full.spec and small.metadata.namespace == "radiology"
+    assert small.status is not None and full.status is not None and small.status.stage == full.status.stage
