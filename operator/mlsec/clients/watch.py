@@ -47,6 +47,7 @@ class ListWatch:
         # object's deletion after a relist.
         self.known: dict[tuple[str, str], Owners] = {}
         self.listed = threading.Event()  # set after the first complete listing
+        self.on_listed: Callable[[], None] | None = None  # called after each complete listing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,6 +106,8 @@ class ListWatch:
                 self.handler("DELETED", self._stub(key, owners))
         self.known = found
         self.listed.set()
+        if self.on_listed is not None:
+            self.on_listed()
         return str(meta.get("resourceVersion") or "")
 
     # --- watch ------------------------------------------------------------------------------

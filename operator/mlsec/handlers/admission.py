@@ -39,7 +39,7 @@ from mlsec.audit.events import Action, Actor, Context, EventType, Resource, Resu
 from mlsec.gate import Decision, review
 from mlsec.gate.adapt import release_of, rules_of
 from mlsec.handlers import admission_dispatch as dispatch
-from mlsec.handlers import context, promotion, settings, webhook
+from mlsec.handlers import context, model_store, promotion, settings, webhook
 from mlsec.handlers.deployment import REQUESTED_BY, policy_in_force
 
 MODELS, APPROVALS, POLICIES = "modeldeployments", "modelapprovals", "mlsecuritypolicies"
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 class State:
     identity: str | None = None  # the operator's own user name (status writes)
     failure_policy: str | None = None
-    indexed: bool = False  # kopf has listed every indexed kind (approvals, models, policies)
+    indexed: bool = False  # kopf has listed every kind it indexes (approvals, policies)
 
 
 STATE = State()
@@ -118,7 +118,7 @@ async def approval_check(operation: str, namespace: str, userinfo: Mapping[str, 
 
 
 def _model_spec(namespace: str, name: str, indexes: Mapping[str, Any]) -> dict[str, Any] | None:
-    for md_name, md_spec in context.snapshot(indexes["models_by_namespace"], namespace):
+    for md_name, md_spec in context.snapshot(model_store.models_index(indexes), namespace):
         if md_name == name:
             return dict(md_spec)
     return None
@@ -163,9 +163,10 @@ async def deployment_gate(operation: str, namespace: str, name: str | None, user
     decision = promotion.decide(namespace, name, dict(spec), user, pol, indexes)
     if not decision.allowed:
         problems.append(review.denial_message(name, spec, decision))
-    if not problems and not STATE.indexed:
-        # kopf starts serving before its initial listings are complete: an approval index that is
-        # still filling could be missing a reject. Only an allow can be wrong; deny until ready.
+    if not problems and not (STATE.indexed and model_store.STORE.listed.is_set()):
+        # kopf starts serving before its initial listings (and ours of the models) are complete: an
+        # approval index that is still filling could be missing a reject. Only an allow can be
+        # wrong; deny until ready.
         problems.append("the operator has just started and is still loading approvals and policies: "
                         "retry in a few seconds")
     if not problems:

@@ -1,8 +1,9 @@
 """ModelDeployment reconcile: read, build, apply what differs, report — level-based.
 
-Triggers: the ModelDeployment's own create/update/resume, a change of its namespace's policy, and
-any watch event of a child that someone other than the operator wrote or deleted (the children
-are watched outside kopf, :mod:`mlsec.clients.watch`: kopf would keep state for each of them). Every trigger
+Triggers: the ModelDeployment's own events and a change of its namespace's policy or approvals
+(queued by :mod:`mlsec.handlers.models`), and any watch event of a child that someone other than
+the operator wrote or deleted (the children are watched outside kopf, :mod:`mlsec.clients.watch`:
+kopf would keep state for each of them). Every trigger
 runs the same :func:`reconcile`, which compares each desired child with the live one and writes
 only those that differ, so an idle operator writes nothing.
 """
@@ -13,6 +14,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -309,37 +311,7 @@ def _audit(md: ModelDeployment, pol: MLSecurityPolicy, event: EventType, status:
 # --- kopf wiring --------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, when=leader.leading)
-@kopf.on.create(GROUP, VERSION, PLURAL, when=leader.leading)
-@kopf.on.update(GROUP, VERSION, PLURAL, when=leader.leading)
-def model_changed(namespace: str, name: str, body: kopf.Body, reason: str, **kwargs: Any) -> None:
-    outcome = reconcile(namespace, name, kwargs, created=reason == "create")
-    if outcome.retry:
-        raise kopf.TemporaryError(outcome.retry, delay=15)
-
-
-def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:
-    """Re-reconcile every ModelDeployment governed by a namespace's policy."""
-    names = [item["metadata"]["name"] for item in context.kube().iter_list(API, KIND, namespace)]
-    for name in names:
-        try:
-            reconcile(namespace, name, kwargs)
-        except Exception:  # one broken model must not starve the others
-            log.exception("reconcile of %s/%s after a policy change failed", namespace, name)
-
-
-policy.ON_POLICY_CHANGE.append(_policy_changed)
-promotion.ON_DECISIONS_CHANGED.append(_policy_changed)
-
-
-def _reconcile_all(indexes: dict[str, Any]) -> None:
-    """On election: converge every model, whatever the previous leader left half-done."""
-    namespaces = sorted({item["metadata"]["namespace"] for item in context.kube().iter_list(API, KIND)})
-    for namespace in namespaces:
-        _policy_changed(namespace, indexes)
-
-
-leader.ON_ELECTED.append(_reconcile_all)
+# The models themselves are watched and queued in mlsec.handlers.models, which calls reconcile.
 
 
 def _owner_name(body: kopf.Body) -> str | None:
@@ -390,6 +362,12 @@ def child_watches(transport: Transport, namespaces: list[str]) -> list[ListWatch
     return [ListWatch(transport, api_version, kind, resource_of(api_version, kind).path(ns),
                       CHILD_SELECTOR, _child_seen)
             for api_version, kind in CHILD_KINDS for ns in scopes]
+
+
+def children_listed(timeout: float) -> bool:
+    """Wait until every child watch has listed once (at most ``timeout`` seconds in all)."""
+    deadline = time.monotonic() + timeout
+    return all(w.listed.wait(max(0.0, deadline - time.monotonic())) for w in list(_watches))
 
 
 @kopf.on.startup(id="child-watches")

@@ -17,6 +17,7 @@ HANDLER_MODULES = (
     "mlsec.handlers.login",
     "mlsec.handlers.policy",
     "mlsec.handlers.deployment",
+    "mlsec.handlers.models",
     "mlsec.handlers.promotion",
     "mlsec.handlers.rbac",
     "mlsec.handlers.vault",

@@ -306,16 +306,15 @@ def _observe(kind: str, body: Mapping[str, Any], type_: str | None) -> None:
         request_sync()
 
 
-# Async (in kopf's event loop, a hash and a dict lookup): a thread for each of the many model
-# events would queue the reconciles behind them.
+# Async (in kopf's event loop, a hash and a dict lookup): a thread per event is not worth it.
 @kopf.on.event(GROUP, VERSION, "mlsecuritypolicies", id="people-policy-watch")
 async def policy_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     _observe(POLICY_KIND, body, type)
 
 
-@kopf.on.event(GROUP, VERSION, "modeldeployments", id="people-model-watch")
-async def model_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    _observe("ModelDeployment", body, type)
+def model_seen(body: Mapping[str, Any], type_: str | None) -> None:
+    """A model's watch event (from the models' watch thread, :mod:`mlsec.handlers.models`)."""
+    _observe("ModelDeployment", body, type_)
 
 
 # --- the audit device --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from mlsec.clients.kube import KubeError
 from mlsec.gate import Decision
 from mlsec.gate.adapt import RoleResolver, approval_of, ledger_spec, release_of, roles_from_groups, rules_of
 from mlsec.gate.rules import evaluate
-from mlsec.handlers import context, leader, policy
+from mlsec.handlers import context, leader, model_store, policy
 
 API = f"{GROUP}/{VERSION}"
 LEDGER_KIND = "PromotionLedger"
@@ -48,12 +48,6 @@ BLOCKERS: list[Callable[[str, MLSecurityPolicy], str]] = []
 def approvals_by_namespace(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec,
                            status: kopf.Status, **_: Any) -> dict[str, ApprovalEntry]:
     return {namespace: (name, str(meta.get("creationTimestamp", "")), dict(spec), dict(status))}
-
-
-@kopf.index(GROUP, VERSION, "modeldeployments")
-def models_by_namespace(namespace: str, name: str, spec: kopf.Spec,
-                        **_: Any) -> dict[str, tuple[str, dict[str, Any]]]:
-    return {namespace: (name, dict(spec))}
 
 
 # --- roles -----------------------------------------------------------------------------------------
@@ -130,7 +124,7 @@ def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None,
                 _block_ledger(namespace, why)
         return {}
     with _lock(namespace):
-        models = dict(context.snapshot(indexes["models_by_namespace"], namespace))
+        models = dict(context.snapshot(model_store.models_index(indexes), namespace))
         approvals = _approvals(namespace, pol, indexes)
         blocked = blocked_reason(namespace, pol)
         now = datetime.now(UTC)

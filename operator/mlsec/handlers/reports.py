@@ -6,13 +6,13 @@ write it by server-side apply when it differs from the live one. The Report is o
 policy (the garbage collector removes it with the policy).
 
 When: one async kopf daemon per MLSecurityPolicy (only the active policy's daemon on the elected
-leader works) wakes when a ModelDeployment or a policy of its namespace changes (kopf watch events
+leader works) wakes when a ModelDeployment or a policy of its namespace changes (watch events
 → :func:`mark`) and every :data:`PERIOD` seconds (LDAP freshness is a matter of time). A burst of
 events is collapsed: the daemon waits until the namespace has been quiet for :data:`SETTLE`
 seconds (at most :data:`MAX_DELAY`) and computes at most once per :data:`MIN_INTERVAL` (longer
 after a slow write, see :data:`PACE`), so 200 models created at once cause a handful of writes,
-not 200. The inputs come from kopf's watch
-streams (an index of the models, the policy's live body): computing costs no API call.
+not 200. The inputs come from watch streams (the models' records in
+:mod:`mlsec.handlers.model_store`, the policy's live body): computing costs no API call.
 
 Idle: the last Report written (or read) is kept; a recompute that yields the same object writes
 nothing and reads nothing. Every :data:`RESYNC` seconds the live Report is read once, so that an
@@ -41,7 +41,7 @@ from prometheus_client import Gauge
 from mlsec import GROUP, VERSION
 from mlsec.builders import report as rb
 from mlsec.clients.kube import KubeError
-from mlsec.handlers import context, leader, rbac
+from mlsec.handlers import context, leader, model_store, rbac
 from mlsec.handlers.metrics import WRITES
 from mlsec.handlers.naps import nap
 from mlsec.handlers.policy import PLURAL as POLICY_PLURAL
@@ -50,7 +50,6 @@ from mlsec.handlers.settings import CONFIG
 
 log = logging.getLogger(__name__)
 
-MODEL_PLURAL = "modeldeployments"
 SETTLE = 0.3  # seconds without a new event before computing
 MAX_DELAY = 3.0  # ... but never wait longer than this after the first event
 MIN_INTERVAL = 1.0  # at most one computation (and so one write) per namespace per second ...
@@ -80,7 +79,7 @@ MISSING_MESSAGE = (
 ModelEntry = tuple[str, str, dict[str, Any], dict[str, Any], bool]
 
 
-def _status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
+def status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
     """What the report reads of a model's status (kept in memory for every model: keep it small)."""
     out: dict[str, Any] = {
         "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
@@ -92,17 +91,9 @@ def _status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Async index handlers run in kopf's event loop on every watch event of every object, and silently
-# (an @kopf.on.event handler logs a line per event): they are the triggers too. A deleted object
-# leaves the index without a call; the daemon notices the change in the number of models.
-
-
-@kopf.index(GROUP, VERSION, MODEL_PLURAL)
-async def report_models(namespace: str, name: str, uid: str, meta: kopf.Meta, spec: kopf.Spec,
-                        status: kopf.Status, **_: Any) -> dict[str, ModelEntry]:
-    mark(namespace)
-    return {namespace: (name, uid, dict(spec), _status_subset(status),
-                        bool(meta.get("deletionTimestamp")))}
+# The models' watch (mlsec.handlers.models) marks a namespace on every event of its models; an
+# async index handler on policies, in kopf's event loop and silent (an @kopf.on.event handler logs
+# a line per event), marks it on every change of a policy.
 
 
 @kopf.index(GROUP, VERSION, POLICY_PLURAL)
@@ -285,7 +276,7 @@ def _policy_facts(body: Mapping[str, Any]) -> rb.ObjectFacts:
 
 
 def _model_facts(entries: Iterable[ModelEntry]) -> list[rb.ObjectFacts]:
-    # The index entries are replaced, never changed in place, by kopf: sharing them is safe.
+    # The store's records are replaced, never changed in place: sharing their parts is safe.
     return [rb.ObjectFacts(name=name, uid=uid, spec=spec, status=status)
             for name, uid, spec, status, deleting in entries if not deleting]
 
@@ -298,8 +289,8 @@ def _model_facts(entries: Iterable[ModelEntry]) -> list[rb.ObjectFacts]:
 @kopf.daemon(GROUP, VERSION, POLICY_PLURAL, id="compliance-report", cancellation_backoff=10,
              cancellation_timeout=30)
 async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str,
-                            report_models: kopf.Index[str, ModelEntry],
                             policies_by_namespace: kopf.Index[str, Any], **_: Any) -> None:
+    report_models = model_store.STORE.report_models
     state = NamespaceReport(namespace)
     loop = asyncio.get_running_loop()
     event = _event(namespace)

@@ -47,7 +47,7 @@ from mlsec.clients.vault import (
     projected_token,
     token_request,
 )
-from mlsec.handlers import context, leader
+from mlsec.handlers import context, leader, model_store
 from mlsec.handlers import policy as policies
 from mlsec.handlers.settings import CONFIG
 from mlsec.handlers.status import write_status
@@ -283,11 +283,11 @@ def _release(body: kopf.Body, retry: int, *, deleting: bool) -> None:
             write_status(KIND, body, [Cond(CONDITION, False, "VaultCleanupPending", message)],
                          owner=STATUS_OWNER)
         message += f", next attempt in {_retry_delay(retry):.0f}s"
-        kopf.warn(body, reason="VaultCleanupPending", message=message)
+        context.post_event(body, "Warning", "VaultCleanupPending", message)
         raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from None
     if removed:
         _audit(EventType.VAULT_ROLE_REMOVED, md, None, None, "DELETE", removed)
-        kopf.event(body, type="Normal", reason="VaultCleanedUp", message=f"removed {', '.join(removed)}")
+        context.post_event(body, "Normal", "VaultCleanedUp", f"removed {', '.join(removed)}")
     if deleting and _had_transit_key(body):
         _retained(md, body)
 
@@ -318,8 +318,8 @@ def _retained(md: ModelDeployment, body: kopf.Body) -> None:
         result=Result(status="SUCCESS"),
         context=Context(policy=None),
     )
-    kopf.event(body, type="Normal", reason="VaultTransitKeyRetained",
-               message=f"transit key {mount}/keys/{key} kept: data encrypted with it stays readable "
+    context.post_event(body, "Normal", "VaultTransitKeyRetained",
+                       f"transit key {mount}/keys/{key} kept: data encrypted with it stays readable "
                        f"(remove on purpose: mlsec vault delete-transit-key {namespace} {md.metadata.name})")
 
 
@@ -331,31 +331,15 @@ def _uses_vault(body: kopf.Body, **_: Any) -> bool:
                 or status_vault.get("policy"))
 
 
-# Not filtered by leadership: kopf drops the finalizer wherever no deletion handler matches, so a
-# standby replica would strip it. Every replica may clean up; removing is idempotent.
-@kopf.on.delete(GROUP, VERSION, PLURAL, when=_uses_vault, id="vault-cleanup")
-def cleanup(body: kopf.Body, retry: int, **_: Any) -> None:
-    _release(body, retry, deleting=True)
-
-
-def _vault_dropped(old: Any, new: Any, **_: Any) -> bool:
-    """``old``/``new``: kopf hands filters the whole previous and new object (its diff base)."""
-    def uses(obj: Any) -> bool:
-        spec = (obj or {}).get("spec") or {}
-        return bool(spec.get("secrets") or spec.get("tls"))
-
-    return uses(old) and not uses(new)
-
-
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", when=_vault_dropped, id="vault-retire")
-def retire(body: kopf.Body, retry: int, **_: Any) -> None:
-    """The model no longer lists secrets or tls: its role and policy go (least privilege)."""
-    _release(body, retry, deleting=False)
+def cleanup_for_deletion(body: dict[str, Any], attempt: int) -> None:
+    """The model is being deleted (it holds the finalizer until this returns): remove its Vault
+    role and policy, or raise kopf.TemporaryError with the delay before the next attempt."""
+    _release(body, attempt, deleting=True)
 
 
 def retire_unused(body: dict[str, Any]) -> None:
-    """From the reconcile: remove the Vault objects of a model that no longer uses Vault, or raise
-    kopf.TemporaryError (level-based twin of :func:`retire`)."""
+    """From the reconcile: remove the Vault objects of a model that no longer lists secrets or
+    tls (least privilege), or raise kopf.TemporaryError."""
     _release(body, 0, deleting=False)
 
 
@@ -420,9 +404,7 @@ def _needs_vault_body(spec: Any) -> bool:
 
 def resync_candidates(indexes: dict[str, Any]) -> list[tuple[str, str]]:
     """(namespace, name) of every model that uses Vault, or did as far as its status says."""
-    index = indexes.get("report_models")
-    if index is None:
-        return []
+    index = indexes.get("report_models", model_store.STORE.report_models)
     out = []
     for namespace in list(index):
         for name, _uid, spec, status, deleting in context.snapshot(index, namespace):

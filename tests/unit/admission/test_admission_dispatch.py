@@ -10,6 +10,7 @@ import asyncio
 import base64
 import copy
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from kopf._core.engines import admission as engine
 from tests.unit.admission.test_admission_handlers import DIGEST, NS, World, _approval, _model
 
 from mlsec.audit import AuditLog
-from mlsec.handlers import admission, context, webhook
+from mlsec.handlers import admission, context, model_store, webhook
 from mlsec.handlers import admission_dispatch as dispatch
 
 OPERATOR = "system:serviceaccount:mlsec-system:mlsec-operator"
@@ -37,6 +38,9 @@ RESOURCES = {plural: references.Resource("mlsec.io", "v1alpha1", plural, kind=ki
 @pytest.fixture(autouse=True)
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admission.STATE, "indexed", True)
+    listed = threading.Event()
+    listed.set()
+    monkeypatch.setattr(model_store.STORE, "listed", listed)
     monkeypatch.setattr(admission.STATE, "identity", OPERATOR)
     log = AuditLog(tmp_path / "audit.jsonl", sink=None)
     monkeypatch.setattr(context, "audit", lambda: log)

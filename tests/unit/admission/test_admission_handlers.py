@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import threading
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from mlsec.audit import AuditLog
-from mlsec.handlers import admission, context, webhook
+from mlsec.handlers import admission, context, model_store, webhook
 
 REPO = Path(__file__).resolve().parents[3]
 NS = "radiology"
@@ -65,6 +66,9 @@ class World:
 @pytest.fixture(autouse=True)
 def indexed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admission.STATE, "indexed", True)
+    listed = threading.Event()
+    listed.set()
+    monkeypatch.setattr(model_store.STORE, "listed", listed)
 
 
 @pytest.fixture
@@ -140,6 +144,15 @@ def test_no_allow_before_the_indexes_are_loaded(audit: Path, monkeypatch: pytest
     assert denied(lambda: gate(world, "bob", _model(stage="production"), _model())) == (
         "the operator has just started and is still loading approvals and policies: retry in a few seconds")
     run(admission.indexes_ready())
+    gate(world, "bob", _model(stage="production"), _model())
+
+
+def test_no_allow_before_the_models_are_listed(audit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_store.STORE, "listed", threading.Event())
+    world = World()
+    world.approvals = [_approval("a1", "carol"), _approval("a2", "dave")]
+    assert "still loading" in denied(lambda: gate(world, "bob", _model(stage="production"), _model()))
+    model_store.STORE.listed.set()
     gate(world, "bob", _model(stage="production"), _model())
 
 

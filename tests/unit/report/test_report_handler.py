@@ -146,6 +146,6 @@ def test_status_subset_keeps_what_the_report_reads() -> None:
                               "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 3}],
               "children": {"Deployment": "x"}, "vault": {"role": "r", "policy": "p"},
               "approvals": [{"name": "a"}] * 32, "lastAppliedImage": "img"}
-    assert h._status_subset(status) == {
+    assert h.status_subset(status) == {
         "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok"}],
         "children": {"Deployment": "x"}, "vault": {"role": "r", "policy": "p"}}

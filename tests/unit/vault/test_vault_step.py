@@ -176,8 +176,5 @@ def test_filters() -> None:
     assert not step._uses_vault(body=bare)
     bound: Any = {**bare, "status": {"vault": {"role": NAME}}}
     assert step._uses_vault(body=bound)
-    assert step._vault_dropped(old=with_vault, new=bare)
-    assert not step._vault_dropped(old=bare, new=with_vault)
-    assert not step._vault_dropped(old=with_vault, new={"spec": {"tls": {"pkiRole": "r"}}})
     assert [step._retry_delay(r) for r in range(8)] == [2, 4, 8, 16, 32, 60, 60, 60]
     assert step._same_address("https://Vault.example:8200/", "https://vault.example:8200")

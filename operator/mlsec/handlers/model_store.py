@@ -1,0 +1,147 @@
+"""What the operator keeps of every ModelDeployment between events: a compact record each.
+
+Fed by the models' own list+watch (:mod:`mlsec.handlers.models`), read by the reconcile queue
+(is there work?), the admission webhooks (which model versions exist), the promotion ledger, the
+compliance Reports and the Vault resync. kopf kept, for each model, its memory records, the last
+handled body in its indexes and, at start-up, the whole listing until every index was complete;
+here a model costs its spec and a small part of its status.
+
+The two index views keep the shapes kopf's indexes had (namespace → list of entries), so the
+code reading them did not change: ``models_by_namespace`` entries are ``(name, spec)``,
+``report_models`` entries are ``(name, uid, spec, status subset, being deleted)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    uid: str
+    generation: int
+    spec: dict[str, Any]
+    status: dict[str, Any]  # the subset the Reports read
+    deleting: bool
+    finalizers: tuple[str, ...]
+    uses_vault: bool  # by spec, or by status (Vault objects were written for it)
+    labels_annotations: int  # hash: a change of metadata the reconcile reads
+
+
+def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]], dict[str, Any]],
+              uses_vault: Callable[[Mapping[str, Any]], bool]) -> ModelRecord:
+    meta = body.get("metadata") or {}
+    labels = tuple(sorted((meta.get("labels") or {}).items()))
+    annotations = tuple(sorted((meta.get("annotations") or {}).items()))
+    return ModelRecord(
+        uid=str(meta.get("uid") or ""),
+        generation=int(meta.get("generation") or 0),
+        spec=dict(body.get("spec") or {}),
+        status=status_of(body.get("status") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
+        uses_vault=uses_vault(body),
+        labels_annotations=hash((labels, annotations)),
+    )
+
+
+def needs_reconcile(old: ModelRecord | None, new: ModelRecord | None) -> bool:
+    """Whether an event is work: a model not seen before (at start-up: the resume pass), a new
+    generation, a deletion starting, a change of labels, annotations or finalizers. Not the echo
+    of a status write (the status subresource leaves generation and metadata alone)."""
+    if new is None:
+        return False
+    if old is None or old.uid != new.uid:
+        return True
+    return (new.generation != old.generation or new.deleting != old.deleting
+            or new.labels_annotations != old.labels_annotations or new.finalizers != old.finalizers)
+
+
+class ModelStore:
+    """Records by namespace; written by one watch thread, read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_ns: dict[str, dict[str, ModelRecord]] = {}
+        self.listed = threading.Event()  # every model listed once
+        self.models_by_namespace = IndexView(self, lambda name, r: (name, r.spec))
+        self.report_models = IndexView(self, lambda name, r: (name, r.uid, r.spec, r.status, r.deleting))
+
+    def put(self, key: Key, record: ModelRecord) -> ModelRecord | None:
+        with self._lock:
+            names = self._by_ns.setdefault(key[0], {})
+            old = names.get(key[1])
+            names[key[1]] = record
+            return old
+
+    def remove(self, key: Key) -> ModelRecord | None:
+        with self._lock:
+            names = self._by_ns.get(key[0])
+            if names is None:
+                return None
+            old = names.pop(key[1], None)
+            if not names:
+                del self._by_ns[key[0]]
+            return old
+
+    def get(self, key: Key) -> ModelRecord | None:
+        with self._lock:
+            return (self._by_ns.get(key[0]) or {}).get(key[1])
+
+    def keys(self, namespace: str | None = None) -> list[Key]:
+        with self._lock:
+            spaces = [namespace] if namespace is not None else list(self._by_ns)
+            return [(ns, name) for ns in spaces for name in self._by_ns.get(ns, ())]
+
+    def namespaces(self) -> list[str]:
+        with self._lock:
+            return list(self._by_ns)
+
+    def entries(self, namespace: str) -> list[tuple[str, ModelRecord]]:
+        with self._lock:
+            return list((self._by_ns.get(namespace) or {}).items())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(names) for names in self._by_ns.values())
+
+
+class IndexView(Mapping[str, list[Any]]):
+    """A read-only view shaped like a kopf index: namespace → entries (a fresh list per read)."""
+
+    def __init__(self, store: ModelStore, entry: Callable[[str, ModelRecord], Any]) -> None:
+        self._store = store
+        self._entry = entry
+
+    def __getitem__(self, namespace: str) -> list[Any]:
+        entries = self._store.entries(namespace)
+        if not entries:
+            raise KeyError(namespace)
+        return [self._entry(name, record) for name, record in entries]
+
+    def get(self, namespace: str, default: Any = None) -> Any:
+        entries = self._store.entries(namespace)
+        if not entries:
+            return default
+        return [self._entry(name, record) for name, record in entries]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store.namespaces())
+
+    def __len__(self) -> int:
+        return len(self._store.namespaces())
+
+
+STORE = ModelStore()
+"""The operator's one store (filled by :mod:`mlsec.handlers.models`)."""
+
+
+def models_index(indexes: Mapping[str, Any]) -> Any:
+    """``models_by_namespace`` from the indexes handed in (kopf handlers pass kopf's, which no
+    longer hold the models; tests pass their own), else the store's."""
+    return indexes.get("models_by_namespace", STORE.models_by_namespace)
