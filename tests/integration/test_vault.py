@@ -509,6 +509,31 @@ def test_dropping_all_secrets_removes_role_and_policy(
     wait_until(lambda: vault_objects(root, name) == (None, None), timeout=30,
                what="role and policy removed once the model lists no secrets")
     assert models.get() is not None
+    # Nothing left in Vault to clean up: the finalizer goes, and a deletion completes at once.
+    wait_until(lambda: FINALIZER not in ((models.get() or {})["metadata"].get("finalizers") or []),
+               timeout=30, what="the finalizer removed once the model no longer uses Vault")
+    models.delete()
+    wait_until(lambda: models.get() is None, timeout=15, what="the model to be gone")
+
+
+def test_the_finalizer_leaves_other_finalizers_alone(
+        vault_operator: OperatorProcess, models: Models, root: hvac.Client, operator_vault: Vault) -> None:
+    other = "example.com/keep-for-backup"
+    models.create_policy()
+    models.create()
+    models.api.patch_namespaced_custom_object(GROUP, VERSION, models.namespace, "modeldeployments",
+                                              "mri-classifier", {"metadata": {"finalizers": [other]}})
+    # The merge patch replaced the list: the operator puts its finalizer back beside the other one.
+    wait_until(lambda: set((models.get() or {})["metadata"].get("finalizers") or []) == {other, FINALIZER},
+               timeout=30, what="both finalizers")
+    name = bound_in_vault(models, operator_vault)
+    models.delete()
+    wait_until(lambda: ((models.get() or {})["metadata"].get("finalizers") or []) == [other], timeout=30,
+               what="only the operator's finalizer removed")
+    assert vault_objects(root, name) == (None, None)
+    models.api.patch_namespaced_custom_object(GROUP, VERSION, models.namespace, "modeldeployments",
+                                              "mri-classifier", {"metadata": {"finalizers": []}})
+    wait_until(lambda: models.get() is None, timeout=15, what="the model to be gone")
 
 
 def test_resync_rewrites_role_and_policy_after_openbao_lost_them(
