@@ -34,6 +34,7 @@ namespace yields an identical object (:func:`differs` is False) and nothing is w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -486,24 +487,62 @@ def _bound(results: list[Obj], report: Obj) -> tuple[list[Obj], int, bool]:
     return kept, len(results) - len(kept), True
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the operator keeps of a Report it wrote or read, instead of the object (~2 KB of JSON
+    per model, more with managedFields, for every namespace): a fingerprint of the fields the
+    builder sets (:func:`differs`), and per result a hash of its key → (hash of its outcome,
+    timestamp), so that results whose outcome did not change keep their timestamp. The hashes
+    are Python's, compared only within the process that made them."""
+
+    fingerprint: str
+    stamps: Mapping[int, tuple[int, int, int]]
+
+
+def seen(report: Mapping[str, Any] | None) -> Seen | None:
+    if report is None:
+        return None
+    stamps: dict[int, tuple[int, int, int]] = {}
+    for r in report.get("results") or []:
+        if isinstance(r, Mapping) and isinstance(r.get("timestamp"), Mapping):
+            ts = r["timestamp"]
+            stamps[hash(_result_key(r))] = (hash(_outcome(r)), int(ts.get("seconds") or 0),
+                                            int(ts.get("nanos") or 0))
+    return Seen(fingerprint(report), stamps)
+
+
+def fingerprint(report: Mapping[str, Any]) -> str:
+    """SHA-256 of what :func:`differs` compares: the builder's fields, its labels, the
+    truncation annotation and the owners (not what the API server adds)."""
+    meta: Mapping[str, Any] = report.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    part = {
+        **{key: report.get(key) for key in ("source", "summary", "configuration", "results")},
+        "labels": {k: labels.get(k) for k in REPORT_LABELS},
+        "truncated": (meta.get("annotations") or {}).get(TRUNCATED_ANNOTATION),
+        "owners": [(o.get("kind"), o.get("name"), o.get("uid")) for o in meta.get("ownerReferences") or []],
+    }
+    return hashlib.sha256(json.dumps(part, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def build_report(namespace: str, policy: ObjectFacts, models: Sequence[ObjectFacts],
-                 previous: Mapping[str, Any] | None, now: datetime) -> Obj:
+                 previous: Mapping[str, Any] | Seen | None, now: datetime) -> Obj:
     """The namespace's Report (a complete desired object for server-side apply).
 
-    ``previous`` is the live Report (or the last one written): results whose outcome did not
-    change keep its timestamp. ``now`` stamps new or changed results and judges LDAP freshness.
+    ``previous`` is the live Report (or the last one written), or what was kept of it
+    (:class:`Seen`): results whose outcome did not change keep its timestamp. ``now`` stamps new
+    or changed results and judges LDAP freshness.
     """
     found = checks(namespace, policy, models, now)
-    old = {_result_key(r): r for r in (previous or {}).get("results") or [] if isinstance(r, Mapping)}
+    memory = previous if isinstance(previous, Seen) else seen(previous)
+    old = memory.stamps if memory is not None else {}
     stamp_now = {"seconds": int(now.timestamp()), "nanos": 0}
     results: list[Obj] = []
     for check in found:
         result = to_result(namespace, policy.name, check, stamp_now)
-        before = old.get(_result_key(result))
-        if before is not None and _outcome(before) == _outcome(result) \
-                and isinstance(before.get("timestamp"), Mapping):
-            result["timestamp"] = {"seconds": int(before["timestamp"].get("seconds") or 0),
-                                   "nanos": int(before["timestamp"].get("nanos") or 0)}
+        before = old.get(hash(_result_key(result)))
+        if before is not None and before[0] == hash(_outcome(result)):
+            result["timestamp"] = {"seconds": before[1], "nanos": before[2]}
         results.append(result)
 
     report: Obj = {
@@ -529,10 +568,12 @@ def build_report(namespace: str, policy: ObjectFacts, models: Sequence[ObjectFac
     return report
 
 
-def differs(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+def differs(live: Mapping[str, Any] | Seen | None, desired: Mapping[str, Any]) -> bool:
     """Whether applying ``desired`` would change ``live`` (only the fields the builder sets)."""
     if live is None:
         return True
+    if isinstance(live, Seen):
+        return live.fingerprint != fingerprint(desired)
     for key in ("source", "summary", "configuration", "results"):
         if live.get(key) != desired.get(key):
             return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -158,14 +159,17 @@ class ListWatch:
             resp.release_conn()
 
 
+# Kept for every object: the strings are interned, so the namespace, the owner's kind and the
+# name shared by a model and its children are stored once, not once per object and event.
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    return sys.intern(str(meta.get("namespace") or "")), sys.intern(str(meta.get("name") or ""))
 
 
 def _owners(obj: dict[str, Any]) -> Owners:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return tuple((str(r.get("apiVersion")), str(r.get("kind")), str(r.get("name"))) for r in refs)
+    return tuple((sys.intern(str(r.get("apiVersion"))), sys.intern(str(r.get("kind"))),
+                  sys.intern(str(r.get("name")))) for r in refs)
 
 
 def _short(exc: Exception) -> str:

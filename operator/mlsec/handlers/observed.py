@@ -9,6 +9,7 @@ touched by others, or is not known yet, is read from the API server as before.
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from mlsec.builders.meta import DESIRED_HASH_ANNOTATION
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Seen:
     desired_hash: str | None
     touched: bool  # written by someone else since our last write: compare the whole object
@@ -40,7 +41,9 @@ def _rv(body: dict[str, Any]) -> int:
 def record(body: dict[str, Any], ours: str) -> None:
     """Remember ``body`` (a watch event's or a write response's), unless we already know newer."""
     meta = body.get("metadata", {})
-    key = (str(body.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+    # Interned: one string per kind, namespace and model name, however many children share it.
+    key = (sys.intern(str(body.get("kind"))), sys.intern(str(meta.get("namespace"))),
+           sys.intern(str(meta.get("name"))))
     seen = Seen((meta.get("annotations") or {}).get(DESIRED_HASH_ANNOTATION),
                 touched_by_others(body, ours), _rv(body))
     with _guard:

@@ -187,7 +187,7 @@ class NamespaceReport:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self.cache: dict[str, Any] | None = None  # the live Report as last written or read
+        self.cache: rb.Seen | None = None  # what is kept of the Report last written or read
         self.cache_known = False  # False: read the live Report before comparing
         self.read_at = 0.0
         self.metric_rules: set[str] = set()
@@ -211,7 +211,7 @@ class NamespaceReport:
             return False
         if not self.cache_known or time.monotonic() - self.read_at >= RESYNC:
             try:
-                self.cache = self._read_live()
+                self.cache = rb.seen(self._read_live())
             except KubeError as exc:
                 if not _reports_missing(exc):
                     raise
@@ -234,7 +234,7 @@ class NamespaceReport:
                 return False  # the CRDs went away (said once by probe)
             raise
         WRITES.labels(rb.REPORT_KIND).inc()
-        self.cache, self.cache_known = written, True
+        self.cache, self.cache_known = rb.seen(written), True
         self.write_seconds = time.perf_counter() - built
         summary = desired["summary"]
         log.info("Report %s/%s: %s (%d models, %d bytes; computed in %.2fs, written in %.2fs)",

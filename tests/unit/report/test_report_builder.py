@@ -286,6 +286,33 @@ def test_differs_sees_foreign_edits_and_owner_changes() -> None:
     assert rb.differs(served, report)
 
 
+def test_what_is_kept_of_a_report_answers_as_the_report_does() -> None:
+    """The operator keeps rb.seen(report), not the report: same timestamps, same verdicts."""
+    models = [model("a"), model("b", image="registry.hospital.com/ml/b:1")]
+    first = build(models=models)
+    served = json.loads(json.dumps(first))
+    served["metadata"].update(resourceVersion="7", uid="x", managedFields=[{"manager": "m"}])
+    kept = rb.seen(served)
+    assert kept is not None and len(kept.stamps) == len(first["results"])
+    later_now = NOW + timedelta(minutes=5)
+    assert build(models=models, previous=kept, now=later_now) == first
+    assert not rb.differs(kept, first)
+    fixed_models = [model("a"), model("b")]
+    fixed = build(models=fixed_models, previous=kept, now=later_now)
+    assert fixed == build(models=fixed_models, previous=first, now=later_now)
+    assert rb.differs(kept, fixed)
+    edited = json.loads(json.dumps(served))
+    edited["results"][0]["message"] = "edited by hand"
+    owner = json.loads(json.dumps(served))
+    owner["metadata"]["ownerReferences"][0]["uid"] = "another"
+    unlabeled = json.loads(json.dumps(served))
+    unlabeled["metadata"]["labels"] = {}
+    for live in (served, edited, owner, unlabeled):
+        assert rb.differs(rb.seen(live), first) == rb.differs(live, first)
+    assert [rb.differs(rb.seen(x), first) for x in (edited, owner, unlabeled)] == [True, True, True]
+    assert rb.seen(None) is None
+
+
 # --- bounds ------------------------------------------------------------------------------------------------
 
 
