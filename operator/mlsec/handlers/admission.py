@@ -118,10 +118,7 @@ async def approval_check(operation: str, namespace: str, userinfo: Mapping[str, 
 
 
 def _model_spec(namespace: str, name: str, indexes: Mapping[str, Any]) -> dict[str, Any] | None:
-    for md_name, md_spec in context.snapshot(model_store.models_index(indexes), namespace):
-        if md_name == name:
-            return dict(md_spec)
-    return None
+    return model_store.model_spec(indexes, namespace, name)
 
 
 # --- ModelDeployment --------------------------------------------------------------------------

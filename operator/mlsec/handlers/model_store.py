@@ -13,6 +13,8 @@ code reading them did not change: ``models_by_namespace`` entries are ``(name, s
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,12 +27,22 @@ Key = tuple[str, str]  # (namespace, name)
 class ModelRecord:
     uid: str
     generation: int
-    spec: dict[str, Any]
-    status: dict[str, Any]  # the subset the Reports read
+    # Spec and status subset as compact JSON: ~0.8 KB a model instead of ~5 KiB of dicts; parsed
+    # when read (a few microseconds; the readers read one namespace at a time).
+    spec_json: bytes
+    status_json: bytes  # the subset the Reports read
     deleting: bool
     finalizers: tuple[str, ...]
     uses_vault: bool  # by spec, or by status (Vault objects were written for it)
     labels_annotations: int  # hash: a change of metadata the reconcile reads
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(json.loads(self.spec_json))
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.status_json))
 
 
 def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]], dict[str, Any]],
@@ -39,15 +51,19 @@ def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]
     labels = tuple(sorted((meta.get("labels") or {}).items()))
     annotations = tuple(sorted((meta.get("annotations") or {}).items()))
     return ModelRecord(
-        uid=str(meta.get("uid") or ""),
+        uid=sys.intern(str(meta.get("uid") or "")),
         generation=int(meta.get("generation") or 0),
-        spec=dict(body.get("spec") or {}),
-        status=status_of(body.get("status") or {}),
+        spec_json=_compact(body.get("spec") or {}),
+        status_json=_compact(status_of(body.get("status") or {})),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
         uses_vault=uses_vault(body),
         labels_annotations=hash((labels, annotations)),
     )
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def needs_reconcile(old: ModelRecord | None, new: ModelRecord | None) -> bool:
@@ -102,6 +118,11 @@ class ModelStore:
         with self._lock:
             return list(self._by_ns)
 
+    def one(self, namespace: str, name: str) -> tuple[str, ModelRecord] | None:
+        with self._lock:
+            record = (self._by_ns.get(namespace) or {}).get(name)
+        return (name, record) if record is not None else None
+
     def entries(self, namespace: str) -> list[tuple[str, ModelRecord]]:
         with self._lock:
             return list((self._by_ns.get(namespace) or {}).items())
@@ -130,6 +151,11 @@ class IndexView(Mapping[str, list[Any]]):
             return default
         return [self._entry(name, record) for name, record in entries]
 
+    def one(self, namespace: str, name: str) -> Any:
+        """The entry of one model, or None (parses only its record)."""
+        found = self._store.one(namespace, name)
+        return self._entry(*found) if found is not None else None
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._store.namespaces())
 
@@ -145,3 +171,12 @@ def models_index(indexes: Mapping[str, Any]) -> Any:
     """``models_by_namespace`` from the indexes handed in (kopf handlers pass kopf's, which no
     longer hold the models; tests pass their own), else the store's."""
     return indexes.get("models_by_namespace", STORE.models_by_namespace)
+
+
+def model_spec(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any] | None:
+    """One model's spec from ``models_by_namespace`` (see :func:`models_index`)."""
+    index = models_index(indexes)
+    if isinstance(index, IndexView):
+        entry = index.one(namespace, name)
+        return dict(entry[1]) if entry is not None else None
+    return next((dict(spec) for n, spec in list(index.get(namespace, [])) if n == name), None)

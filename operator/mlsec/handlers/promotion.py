@@ -124,19 +124,20 @@ def refresh(namespace: str, indexes: dict[str, Any], only: str | None = None,
                 _block_ledger(namespace, why)
         return {}
     with _lock(namespace):
-        models = dict(context.snapshot(model_store.models_index(indexes), namespace))
         approvals = _approvals(namespace, pol, indexes)
         blocked = blocked_reason(namespace, pol)
         now = datetime.now(UTC)
         cached = _ledgers.get(namespace)
-        if only is not None and cached is not None:
-            part = {only: models[only]} if only in models else {}
+        if only is not None and cached is not None:  # one model: read only its spec
+            one = model_store.model_spec(indexes, namespace, only)
+            part = {only: one} if one is not None else {}
             spec, decisions, verdicts = ledger_spec(pol, part, [a for a in approvals if a.model == only],
                                                     now, blocked)
             # The pending texts stay out (each model's status carries its own): only releases merge.
             releases = {k: v for k, v in cached["releases"].items() if k != only} | spec["releases"]
             spec = {**spec, "releases": dict(sorted(releases.items()))}
         else:
+            models = dict(context.snapshot(model_store.models_index(indexes), namespace))
             spec, decisions, verdicts = ledger_spec(pol, models, approvals, now, blocked)
         _ledgers[namespace] = spec
         _write_ledger(namespace, spec)

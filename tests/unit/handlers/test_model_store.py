@@ -128,3 +128,22 @@ def test_indexed_is_set_only_once_the_blocked_set_turns_on() -> None:
         assert asyncio.run(scenario()) == [False, False, True]
     finally:
         kopf_patches._watched.clear()
+
+
+def test_one_model_is_read_without_parsing_its_namespace() -> None:
+    from mlsec.handlers import model_store
+
+    store = ModelStore()
+    store.put(("ns", "a"), rec(body("a")))
+    store.put(("ns", "b"), rec(body("b", spec={"version": "2"})))
+    indexes = {"models_by_namespace": store.models_by_namespace}
+    assert model_store.model_spec(indexes, "ns", "b") == {"version": "2"}
+    assert model_store.model_spec(indexes, "ns", "zz") is None
+    # a plain kopf-shaped index (as tests and kopf handlers hand in) answers the same
+    plain = {"models_by_namespace": {"ns": [("a", {"version": "1"}), ("b", {"version": "2"})]}}
+    assert model_store.model_spec(plain, "ns", "b") == {"version": "2"}
+    assert model_store.model_spec(plain, "elsewhere", "b") is None
+    # the record holds compact JSON, a few hundred bytes, not dicts
+    r = rec(body("a"))
+    assert isinstance(r.spec_json, bytes) and len(r.spec_json) < 100
+    assert r.spec == {"version": "1.0.0", "stage": "staging"}
