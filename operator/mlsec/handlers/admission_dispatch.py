@@ -16,7 +16,7 @@ import base64
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,22 @@ class Route:
 
     @classmethod
     def of(cls, fn: Callable[..., Awaitable[None]], operations: list[str],
-           subresource: str | None = None, *, audited: bool = False) -> Route:
+           subresource: str | None = None, *, audited: bool = False,
+           indexes: Iterable[str] = ()) -> Route:
+        """``indexes``: index names the handler may name besides :data:`ARGUMENTS`; any other
+        name is refused here, at registration, rather than passed as None at every request."""
         sig = inspect.signature(fn).parameters.values()
-        return cls(fn, frozenset(operations), subresource,
-                   frozenset(p.name for p in sig if p.kind is not p.VAR_KEYWORD),
+        params = frozenset(p.name for p in sig if p.kind is not p.VAR_KEYWORD)
+        if unknown := params - ARGUMENTS - set(indexes):
+            raise TypeError(f"admission handler {fn.__qualname__} names {', '.join(sorted(unknown))}: "
+                            f"neither an admission argument nor an index")
+        return cls(fn, frozenset(operations), subresource, params,
                    any(p.kind is p.VAR_KEYWORD for p in sig), audited)
+
+
+ARGUMENTS = frozenset({"operation", "userinfo", "body", "old", "new", "spec", "meta", "namespace",
+                       "name", "warnings", "patch", "dryrun", "subresource", "resource"})
+"""The keyword arguments :func:`serve` gives a handler (kopf's names for them)."""
 
 
 class BadReview(ValueError):

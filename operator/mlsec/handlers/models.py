@@ -37,7 +37,17 @@ from mlsec import GROUP, VERSION
 from mlsec.clients.kube import KubeError, resource_of, transport_for
 from mlsec.clients.rest import Transport
 from mlsec.clients.watch import ListWatch
-from mlsec.handlers import context, deployment, kopf_patches, leader, people, policy, promotion, reports
+from mlsec.handlers import (
+    allocator,
+    context,
+    deployment,
+    kopf_patches,
+    leader,
+    people,
+    policy,
+    promotion,
+    reports,
+)
 from mlsec.handlers import settings as settings_
 from mlsec.handlers import vault as vault_step
 from mlsec.handlers.model_store import STORE, Key, ModelRecord, needs_reconcile, record_of
@@ -160,6 +170,7 @@ def queue_all(_indexes: dict[str, Any] | None = None) -> None:
 
 
 QUEUE: WorkQueue[Key] = WorkQueue(process, workers=WORKERS, name="mlsec-reconcile")
+QUEUE.on_idle = allocator.trim_soon  # a burst of reconciles leaves freed pages behind
 policy.ON_POLICY_CHANGE.append(queue_namespace)
 promotion.ON_DECISIONS_CHANGED.append(queue_namespace)
 leader.ON_ELECTED.append(queue_all)

@@ -221,7 +221,7 @@ def test_indexes_override_keyword_arguments_as_in_kopf() -> None:
     async def handler(name: str, models_by_namespace: Any, **_: Any) -> None:
         seen.update(name=name, models=models_by_namespace)
 
-    route = dispatch.Route.of(handler, ["CREATE"])
+    route = dispatch.Route.of(handler, ["CREATE"], indexes=["models_by_namespace"])
     asyncio.run(dispatch.serve(review("modeldeployments", "CREATE", model_body()), "x", route,
                                {"models_by_namespace": "the index"}))
     assert seen == {"name": "mri", "models": "the index"}
@@ -285,3 +285,22 @@ def test_json_patch_does_what_kopf_does(body: dict[str, Any], merge: dict[str, A
     assert jsonpatch.apply_patch(copy.deepcopy(body), ops) == expected
     if expected == body:
         assert ops == []
+
+
+def test_a_handler_naming_an_unknown_argument_is_refused_at_registration() -> None:
+    async def typo(usrinfo: Any, **_: Any) -> None:  # userinfo misspelt: would always be None
+        return None
+
+    async def indexed(approvals_by_namespace: Any, spec: Any) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="usrinfo"):
+        dispatch.Route.of(typo, ["CREATE"])
+    with pytest.raises(TypeError, match="approvals_by_namespace"):
+        dispatch.Route.of(indexed, ["CREATE"])
+    route = dispatch.Route.of(indexed, ["CREATE"], indexes=["approvals_by_namespace"])
+    assert route.params == {"approvals_by_namespace", "spec"} and not route.takes_indexes
+    # every argument serve() offers is one a handler may name
+    for name in dispatch.ARGUMENTS:
+        exec(f"async def h({name}): pass", globals())
+        assert dispatch.Route.of(globals()["h"], ["CREATE"]).params == {name}
