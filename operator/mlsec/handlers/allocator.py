@@ -14,8 +14,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import threading
-import time
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 ARENAS = 2
@@ -39,40 +37,3 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
         log.debug("mallopt(M_ARENA_MAX, %d) refused", arenas)
     return ok
 
-
-# --- giving memory back after a burst ------------------------------------------------------------
-
-TRIM_DELAY = 2.0  # after the last request: the echoes of a burst's writes arrive meanwhile
-_trim_wanted = threading.Event()
-_trimmer: threading.Thread | None = None
-
-
-def trim() -> bool:
-    """Return the C allocator's free pages to the system (glibc's malloc_trim); False if there
-    is no malloc_trim. Python's own small-object arenas are released only when entirely free."""
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    fn(0)
-    return True
-
-
-def trim_soon() -> None:
-    """Ask for a trim :data:`TRIM_DELAY` seconds after the last such request (a burst's end)."""
-    global _trimmer
-    _trim_wanted.set()
-    if _trimmer is None:
-        _trimmer = threading.Thread(target=_trim_loop, name="mlsec-malloc-trim", daemon=True)
-        _trimmer.start()
-
-
-def _trim_loop() -> None:
-    while True:
-        _trim_wanted.wait()
-        while _trim_wanted.is_set():  # wait until no request came for TRIM_DELAY seconds
-            _trim_wanted.clear()
-            time.sleep(TRIM_DELAY)
-        trim()

@@ -49,7 +49,6 @@ class WorkQueue(Generic[K]):
         self._attempts: dict[K, int] = {}
         self._stopped = False
         self._threads: list[threading.Thread] = []
-        self.on_idle: Callable[[], None] | None = None  # called when the last key is done
 
     # --- producers --------------------------------------------------------------------------
     def add(self, key: K) -> None:
@@ -142,6 +141,3 @@ class WorkQueue(Generic[K]):
                     self._add(key)
                 elif retry is not None:
                     self._later(key, retry)
-                idle = not self._queue and not self._active
-            if idle and self.on_idle is not None:
-                self.on_idle()
