@@ -98,11 +98,13 @@ class WorkQueue(Generic[K]):
             self._threads.append(t)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Let the workers finish what they are doing, for at most ``timeout`` seconds in all."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     def _next(self) -> K | None:
