@@ -196,8 +196,8 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
             return Outcome(rolled_out=False, retry=outcome.message)
     elif (body.get("status") or {}).get("vault"):
         # No secrets any more, but a Vault role and policy were written for this model: they go
-        # (level-based; the vault-retire update handler misses the change when kopf merged it
-        # into the creation). The status below then drops its vault fields.
+        # (least privilege; then mlsec.handlers.models removes the finalizer). The status below
+        # then drops its vault fields.
         vault_step.retire_unused(body)
 
     desired = desired_children(md, pol)
