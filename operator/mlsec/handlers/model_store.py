@@ -68,14 +68,16 @@ def _compact(value: Any) -> bytes:
 
 def needs_reconcile(old: ModelRecord | None, new: ModelRecord | None) -> bool:
     """Whether an event is work: a model not seen before (at start-up: the resume pass), a new
-    generation, a deletion starting, a change of labels, annotations or finalizers. Not the echo
-    of a status write (the status subresource leaves generation and metadata alone)."""
+    generation, a deletion starting, a change of labels, annotations or finalizers, or of
+    whether it uses Vault. Not the echo of a status write otherwise (the status subresource
+    leaves generation and metadata alone)."""
     if new is None:
         return False
     if old is None or old.uid != new.uid:
         return True
     return (new.generation != old.generation or new.deleting != old.deleting
-            or new.labels_annotations != old.labels_annotations or new.finalizers != old.finalizers)
+            or new.labels_annotations != old.labels_annotations or new.finalizers != old.finalizers
+            or new.uses_vault != old.uses_vault)  # its status dropped the Vault role: the finalizer goes
 
 
 class ModelStore:

@@ -60,6 +60,8 @@ def test_status_echoes_are_not_work_but_changes_of_what_the_reconcile_reads_are(
         "a deletion": body(metadata__deletionTimestamp="2026-12-04T00:00:01Z"),
         "another object of that name": body(metadata__uid="u-2"),
     }
+    with_role = rec(body(status={"vault": {"role": "r"}}))
+    assert needs_reconcile(with_role, first), "status without the Vault role: the finalizer goes"
     for what, b in work.items():
         assert needs_reconcile(first, rec(b)), what
 
