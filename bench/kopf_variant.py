@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import tracemalloc
-from types import FrameType
+from types import FrameType, FunctionType
 from typing import Any
 
 from mlsec.clients import rest
@@ -97,6 +97,30 @@ def _deep_size(obj: Any, seen: set[int]) -> int:
     return size
 
 
+def _deep_size_any(obj: Any, seen: set[int], depth: int = 0) -> int:
+    """Deep size through containers, instance dicts and slots (not through modules, types,
+    functions): what a module-level name keeps alive."""
+    if id(obj) in seen or depth > 40 or isinstance(obj, (type, FunctionType)) \
+            or type(obj).__name__ in ("module", "builtin_function_or_method", "method"):
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        return size + sum(_deep_size_any(k, seen, depth + 1) + _deep_size_any(v, seen, depth + 1)
+                          for k, v in list(obj.items()))
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return size + sum(_deep_size_any(v, seen, depth + 1) for v in list(obj))
+    if isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+        return size
+    inner = getattr(obj, "__dict__", None)
+    if isinstance(inner, dict):
+        size += _deep_size_any(inner, seen, depth + 1)
+    for slot in getattr(type(obj), "__slots__", ()) or ():
+        if isinstance(slot, str) and hasattr(obj, slot):
+            size += _deep_size_any(getattr(obj, slot), seen, depth + 1)
+    return size
+
+
 def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
     """SIGUSR2: the most numerous live object types, and the bodies kopf keeps for daemons and
     timers (``live_fresh_body``), to $MLSEC_BENCH_OBJECTS."""
@@ -105,6 +129,16 @@ def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
 
     from kopf._core.reactor.inventory import ResourceMemory
 
+    def status_line() -> str:
+        return next(x for x in open("/proc/self/status").read().splitlines() if x.startswith("VmRSS"))
+
+    # Cyclic garbage first: how much is waiting for a full collection (gen 2 runs rarely when
+    # many objects live long), measured by RSS and pymalloc's allocated bytes around gc.collect().
+    print("mlsec-bench: before gc.collect", status_line(), file=sys.stderr, flush=True)
+    sys._debugmallocstats()
+    collected = gc.collect()
+    print(f"mlsec-bench: gc.collect() freed {collected} objects;", status_line(), file=sys.stderr, flush=True)
+    sys._debugmallocstats()
     counts = Counter(type(o).__qualname__ for o in gc.get_objects())
     memories = [o for o in gc.get_objects() if isinstance(o, ResourceMemory)]
     bodies = [m.daemons_memory.live_fresh_body for m in memories
@@ -132,6 +166,22 @@ def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
              f"kopf ResourceMemory objects: {len(memories)}; with a live body: {len(bodies)} "
              f"({body_bytes / 2**20:.1f} MiB deep)", "", "most numerous types:"]
     lines += [f"{n:9d} {name}" for name, n in counts.most_common(40)]
+    holders = []  # what each module-level name of ours, kopf's and prometheus' holds, deep
+    seen_ids: set[int] = set()
+    for mod_name, mod in list(sys.modules.items()):
+        if not mod_name.startswith(("mlsec", "kopf", "prometheus_client")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if isinstance(value, (dict, list, set, tuple)) or hasattr(value, "__dict__") \
+                    or hasattr(value, "__slots__"):
+                if isinstance(value, type) or type(value).__name__ == "module":
+                    continue
+                size = _deep_size_any(value, seen_ids)
+                if size > 256 * 1024:
+                    holders.append((size, f"{mod_name}.{attr}"))
+    holders.sort(reverse=True)
+    lines += ["", "module-level holders (deep, first holder wins):"]
+    lines += [f"{size / 2**20:9.2f} MiB {name}" for size, name in holders[:30]]
     coros = Counter(o.cr_code.co_qualname for o in gc.get_objects() if type(o).__name__ == "coroutine")
     lines += ["", "coroutines:"] + [f"{n:9d} {name}" for name, n in coros.most_common(15)]
     with open(os.environ["MLSEC_BENCH_OBJECTS"], "w") as f:
