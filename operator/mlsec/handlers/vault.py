@@ -4,9 +4,10 @@
   the desired ones and writes only what differs. It never raises for Vault trouble: it returns a
   :class:`VaultOutcome` whose reason and message (naming the path or role) become the
   ``VaultReady`` condition.
-- A deletion handler (finalizer ``mlsec.io/finalizer``, only on models that use Vault) removes
-  role and policy; while Vault is unreachable it retries with backoff and says so in an event
-  and in ``VaultReady``, and the object stays until the cleanup is done.
+- At deletion (:func:`cleanup_for_deletion`, run by the models' queue, which holds the
+  finalizer ``mlsec.io/finalizer`` on models that use Vault) role and policy are removed; while
+  Vault is unreachable it retries with backoff and says so in an event and in ``VaultReady``,
+  and the object stays until the cleanup is done.
 - An update that drops every secret and tls removes them too, and one loop compares each model's
   role and policy with Vault periodically (a dev-mode Vault comes back empty after a restart).
 
