@@ -120,9 +120,9 @@ def process(key: Key, attempt: int) -> float | None:
     except kopf.TemporaryError as exc:
         log.warning("%s/%s: %s", namespace, name, exc)
         return float(exc.delay or RETRY_SECONDS)
+    except _Raced:  # the finalizers changed since they were read: read them again
+        return min(0.2 * 2.0 ** attempt, 5.0)
     except KubeError as exc:
-        if exc.status == 409 or exc.status == 422:  # a finalizer test lost a race: read again
-            return 0.2
         if exc.status == 403 and "being terminated" in exc.message:
             return None  # the namespace is going away
         raise
@@ -151,8 +151,17 @@ def _set_finalizer(namespace: str, name: str, record: ModelRecord, *, present: b
         if current else []
     ops.append({"op": "add", "path": "/metadata/finalizers", "value": wanted})
     ops.append({"op": "test", "path": "/metadata/uid", "value": record.uid})
-    context.kube().request("PATCH", resource_of(API, KIND).path(namespace, name), body=ops,
-                           content_type="application/json-patch+json")
+    try:
+        context.kube().request("PATCH", resource_of(API, KIND).path(namespace, name), body=ops,
+                               content_type="application/json-patch+json")
+    except KubeError as exc:
+        if exc.status in (409, 422):  # a test op failed: someone changed the list meanwhile
+            raise _Raced() from None
+        raise
+
+
+class _Raced(Exception):
+    """A finalizer patch found the object changed since it was read."""
 
 
 # --- triggers from elsewhere ----------------------------------------------------------------------
