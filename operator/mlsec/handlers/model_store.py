@@ -26,6 +26,7 @@ Key = tuple[str, str]  # (namespace, name)
 @dataclass(frozen=True, slots=True)
 class ModelRecord:
     uid: str
+    resource_version: str  # of the event it came from: writes based on the record test it
     generation: int
     # Spec and status subset as compact JSON: ~0.8 KB a model instead of ~5 KiB of dicts; parsed
     # when read (a few microseconds; the readers read one namespace at a time).
@@ -52,6 +53,7 @@ def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]
     annotations = tuple(sorted((meta.get("annotations") or {}).items()))
     return ModelRecord(
         uid=sys.intern(str(meta.get("uid") or "")),
+        resource_version=str(meta.get("resourceVersion") or ""),
         generation=int(meta.get("generation") or 0),
         spec_json=_compact(body.get("spec") or {}),
         status_json=_compact(status_of(body.get("status") or {})),

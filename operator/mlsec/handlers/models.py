@@ -141,16 +141,18 @@ def _finalize(namespace: str, name: str, attempt: int) -> None:
 
 
 def _set_finalizer(namespace: str, name: str, record: ModelRecord, *, present: bool) -> None:
-    """Add or remove our finalizer with a JSON patch that first tests the list it read: a
-    concurrent change of the finalizers fails the patch (422) instead of being overwritten."""
+    """Add or remove our finalizer with a JSON patch that first tests the resourceVersion the
+    record came from: a change meanwhile (another controller's finalizers, say) fails the patch
+    (422) instead of being overwritten, and the key is tried again with a fresher record."""
     current = list(record.finalizers)
     wanted = [f for f in current if f != FINALIZER] + ([FINALIZER] if present else [])
     if wanted == current:
         return
-    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/finalizers", "value": current}] \
-        if current else []
-    ops.append({"op": "add", "path": "/metadata/finalizers", "value": wanted})
-    ops.append({"op": "test", "path": "/metadata/uid", "value": record.uid})
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/uid", "value": record.uid},
+        {"op": "test", "path": "/metadata/resourceVersion", "value": record.resource_version},
+        {"op": "add", "path": "/metadata/finalizers", "value": wanted},
+    ]
     try:
         context.kube().request("PATCH", resource_of(API, KIND).path(namespace, name), body=ops,
                                content_type="application/json-patch+json")
