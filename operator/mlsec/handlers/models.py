@@ -33,7 +33,6 @@ from typing import Any
 
 import kopf
 
-from mlsec import GROUP, VERSION
 from mlsec.clients.kube import KubeError, resource_of, transport_for
 from mlsec.clients.rest import Transport
 from mlsec.clients.watch import ListWatch
@@ -52,9 +51,7 @@ from mlsec.handlers import vault as vault_step
 from mlsec.handlers.model_store import STORE, Key, ModelRecord, needs_reconcile, record_of
 from mlsec.handlers.workqueue import WorkQueue
 
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
-API = f"{GROUP}/{VERSION}"
+API, KIND = deployment.API, deployment.KIND
 FINALIZER = settings_.FINALIZER
 RETRY_SECONDS = 15.0  # a reconcile waiting for something outside (Vault, a policy) tries again
 CHILDREN_LISTED_SECONDS = 60.0  # at most this long for the children's first listing at start-up
@@ -66,8 +63,7 @@ _loop: asyncio.AbstractEventLoop | None = None
 _watches: list[ListWatch] = []
 
 
-def _uses_vault(body: Any) -> bool:
-    return vault_step._uses_vault(body)
+_uses_vault = vault_step._uses_vault  # by spec, or by status (Vault objects were written for it)
 
 
 def seen(type_: str | None, body: dict[str, Any]) -> None:
