@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from mlsec import API_VERSION, plugin_report
-from mlsec.api.deployment import image_digest
+from mlsec.api.deployment import REQUESTED_BY, image_digest
 
 MODELS = f"/apis/{API_VERSION}/namespaces/{{ns}}/modeldeployments"
 APPROVALS = f"/apis/{API_VERSION}/namespaces/{{ns}}/modelapprovals"
-REQUESTED_BY = "mlsec.io/requested-by"
 _WARNING = re.compile(r'^\d{3} \S+ "(.*)"$')
 
 

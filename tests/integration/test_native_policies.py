@@ -25,6 +25,7 @@ import yaml
 
 from mlsec.api.admission import (
     CHILDREN_GUARD,
+    DEPLOYMENT_STAMP,
     GATE,
     GATE_AUDIT,
     IMAGE_RULES,
@@ -33,6 +34,7 @@ from mlsec.api.admission import (
     SCALE_GUARD,
     STATUS_GUARD,
 )
+from mlsec.api.deployment import REQUESTED_BY
 from mlsec.api.ledger import LEDGER_NAME, pack, pack_releases, unpack
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.local import env as local
@@ -228,8 +230,8 @@ def policies(localenv: local.LocalEnv, kube: Kube, kube_as: Callable[[str], Kube
              "spec": {"modelDeployment": "m", "version": "1", "imageDigest": r.digest("p"),
                       "decision": "approve", "approvedBy": "nobody"}},
             dry_run=True)["spec"].get("approvedBy") == "admin",
-        "mlsec-stage-label": lambda: kube.apply(r.model(bare), dry_run=True)["metadata"]
-        .get("labels", {}).get("mlsec.io/stage") == "staging",
+        DEPLOYMENT_STAMP: lambda: _stamps(kube.apply(_forged(r.model(bare), "nobody"), dry_run=True))
+        == ("staging", "admin"),
     }
     for name, probe in probes.items():
         wait_until(probe, timeout=30, interval=0.2, what=f"{name} in force")
@@ -561,6 +563,50 @@ def test_only_the_operator_edits_its_children(
     assert bob.delete("v1", "Service", ns, "mri-classifier")
 
 
+# --- the requester ----------------------------------------------------------------------------
+
+
+def _forged(md: Obj, requester: str) -> Obj:
+    md = copy.deepcopy(md)
+    md["metadata"].setdefault("annotations", {})[REQUESTED_BY] = requester
+    return md
+
+
+def _requester(md: Obj) -> str | None:
+    return (md["metadata"].get("annotations") or {}).get(REQUESTED_BY)
+
+
+def _stamps(md: Obj) -> tuple[str | None, str | None]:
+    return (md["metadata"].get("labels") or {}).get("mlsec.io/stage"), _requester(md)
+
+
+def test_the_requester_is_who_last_changed_the_release(kube_as: Callable[[str], Kube], ns: str) -> None:
+    """Stamped by the API server, with no operator and no webhook: whatever the client writes,
+    mlsec.io/requested-by names whoever last changed stage, version, image, owner or data
+    classification (the requester the reconcile loop's gate holds against the approvers)."""
+    alice, bob = kube_as("alice"), kube_as("bob")
+    md = r.model(ns, "who")
+    assert _requester(alice.create(_forged(md, "carol"))) == "alice"
+    other = bob.patch(API, "ModelDeployment", ns, "who", {"metadata": {
+        "labels": {"team": "radiology"}, "annotations": {REQUESTED_BY: "dave"}}})  # fmt: skip
+    assert _requester(other) == "alice"  # not a release change: the recorded requester stays
+    erased = bob.patch(API, "ModelDeployment", ns, "who", {"metadata": {"annotations": {REQUESTED_BY: None}}})
+    assert _requester(erased) == "alice"
+    assert _requester(bob.patch(API, "ModelDeployment", ns, "who", {"spec": {"replicas": 2}})) == "alice"
+    # Server-side apply by another manager, changing the version: bob requested this release.
+    assert _requester(bob.apply(_forged(r.model(ns, "who", version="4"), "alice"))) == "bob"
+    assert _requester(alice.patch(API, "ModelDeployment", ns, "who",
+                                  {"spec": {"owner": "someone-else"}})) == "alice"  # fmt: skip
+    # The stage label comes from the same policy: forged or dropped, it follows spec.stage.
+    moved = bob.patch(API, "ModelDeployment", ns, "who", {
+        "metadata": {"labels": {"mlsec.io/stage": "production"}}, "spec": {"stage": "development"}})
+    assert _stamps(moved) == ("development", "bob")
+    unlabelled = bob.request("PATCH", f"/apis/{API}/namespaces/{ns}/modeldeployments/who",
+                             body=[{"op": "remove", "path": "/metadata/labels"}],
+                             content_type="application/json-patch+json")
+    assert _stamps(dict(unlabelled)) == ("development", "bob")
+
+
 # --- without the mutating policies ------------------------------------------------------------
 
 
@@ -582,7 +628,8 @@ def test_without_the_mutating_policies_the_validating_ones_still_hold(
     bindings = "mutatingadmissionpolicybindings"
     saved = yaml.safe_load(localenv.kubectl("get", bindings, "-l", "app.kubernetes.io/part-of=mlsec-operator",
                                             "-o", "yaml").stdout)["items"]  # fmt: skip
-    assert {b["metadata"]["name"] for b in saved} == {"mlsec-approver-stamp", "mlsec-stage-label"}
+    assert {b["metadata"]["name"] for b in saved} == {"mlsec-approver-stamp", DEPLOYMENT_STAMP}
+    unstamped = r.model(ns, "unstamped")  # a model from before the requester stamp was bound
     localenv.kubectl("delete", bindings, "-l", "app.kubernetes.io/part-of=mlsec-operator")
     try:
         carol = kube_as("carol")
@@ -594,6 +641,7 @@ def test_without_the_mutating_policies_the_validating_ones_still_hold(
         assert "spec.approvedBy is stamped at admission with the authenticated user (carol)" in message
         honest = {**approval, "spec": {**approval["spec"], "approvedBy": "carol"}}
         assert carol.apply(honest)["spec"]["approvedBy"] == "carol"
+        assert REQUESTED_BY not in (kube_as("alice").create(unstamped)["metadata"].get("annotations") or {})
 
         dodge = _promoted(md)
         dodge["metadata"]["labels"] = {"mlsec.io/stage": "staging"}
@@ -614,6 +662,12 @@ def test_without_the_mutating_policies_the_validating_ones_still_hold(
                 return False
 
         wait_until(stamped, timeout=30, what="the approver stamp bound again")
+    # Bound again: a requester added to that model without a release change is taken off again.
+    bob = kube_as("bob")
+    wait_until(lambda: REQUESTED_BY not in (bob.apply(_forged(unstamped, "bob"), dry_run=True)["metadata"]
+                                            .get("annotations") or {}),
+               timeout=30, what="the requester stamp bound again")  # fmt: skip
+    assert REQUESTED_BY not in (bob.apply(_forged(unstamped, "bob"))["metadata"].get("annotations") or {})
 
 
 def _refusal(call: Callable[[], object]) -> str | None:

@@ -15,7 +15,13 @@ What each policy decides:
   namespace's PromotionLedger lists that exact release (version, image digest, owner,
   classification) and the requester is not one of its approvers. The message is the ledger's:
   what is still missing. No ledger (no MLSecurityPolicy): production is denied, the rest allowed.
-- ``mlsec-stage-label`` (mutating): labels every ModelDeployment ``mlsec.io/stage=<spec.stage>``.
+- ``mlsec-deployment-stamp`` (mutating) stamps every ModelDeployment, whatever the client wrote:
+  - the label ``mlsec.io/stage=<spec.stage>`` (for the gate's bindings, below);
+  - the annotation ``mlsec.io/requested-by``: whoever last changed the release (stage, version,
+    image, owner, data classification); any other write keeps the recorded requester. The
+    reconcile loop's gate reads it (an approver never promotes their own approval). Natively it
+    also holds while the operator is down, and no ModelDeployment write waits for a webhook.
+
   The API server resolves a binding's params *before* it evaluates the policy's matchConditions,
   so a ``parameterNotFoundAction: Deny`` binding refuses every request it matches in a namespace
   without a ledger. The gate therefore has two bindings: ``mlsec-promotion-gate`` (ledger missing:
@@ -52,6 +58,7 @@ from typing import Any
 
 from mlsec import GROUP
 from mlsec.api.approval import MAX_APPROVER_GROUPS
+from mlsec.api.deployment import RELEASE_FIELDS, REQUESTED_BY
 from mlsec.api.ledger import LEDGER_NAME
 from mlsec.api.registry import APPROVAL, DEPLOYMENT, LEDGER, POLICY, ResourceInfo
 
@@ -76,7 +83,7 @@ IMAGE_RULES = "mlsec-image-rules"
 IMAGE_RULES_AUDIT = "mlsec-image-rules-audit"
 LEDGER_GUARD = "mlsec-ledger-guard"
 APPROVER_STAMP = "mlsec-approver-stamp"
-STAGE_LABEL = "mlsec-stage-label"
+DEPLOYMENT_STAMP = "mlsec-deployment-stamp"
 STAMP_CHECK = "mlsec-approval-stamp-check"
 CHILDREN_GUARD = "mlsec-children-guard"
 SCALE_GUARD = "mlsec-scale-guard"
@@ -454,31 +461,74 @@ def approver_stamp_binding() -> Obj:
     return _map_binding(APPROVER_STAMP)
 
 
-def stage_label() -> Obj:
-    """Label every ModelDeployment with its spec.stage (overwriting the client's value), so the
-    gate's binding can tell production objects from the others by an objectSelector."""
-    apply = (
-        "Object{metadata: Object.metadata{labels: {"
-        + _lit(STAGE_LABEL_KEY)
-        + ": object.spec.stage}}}"
+# --- the ModelDeployment stamp ---------------------------------------------------------------
+
+REQUESTED_BY_PATH = "/metadata/annotations/" + REQUESTED_BY.replace("~", "~0").replace("/", "~1")
+STAGE_LABEL_PATH = "/metadata/labels/" + STAGE_LABEL_KEY.replace("~", "~0").replace("/", "~1")
+# The same rule as mlsec.gate.review.requester_after: a create, or a change of a release field.
+RELEASE_CHANGED = "request.operation == 'CREATE' || " + " || ".join(
+    f"oldObject.spec.{f} != object.spec.{f}" for f in RELEASE_FIELDS
+)
+
+
+def _set(parent: str, path: str, key: str, value: str) -> str:
+    """CEL for a JSON patch that sets ``parent[key]`` (a map that may not exist yet)."""
+    return (
+        f"(has(object.metadata.{parent.rsplit('/', 1)[-1]})"
+        f" ? [JSONPatch{{op: 'add', path: {_lit(path)}, value: {value}}}]"
+        f" : [JSONPatch{{op: 'add', path: {_lit(parent)}, value: {{{_lit(key)}: {value}}}}}])"
+    )
+
+
+def deployment_stamp() -> Obj:
+    """Stamp every ModelDeployment, whatever the client wrote:
+
+    - the label ``mlsec.io/stage=<spec.stage>``, so the gate's binding can tell production objects
+      from the others by an objectSelector;
+    - the annotation ``mlsec.io/requested-by``: the authenticated user when the request changes
+      the release, else the value recorded before (none: removed).
+
+    One policy with one JSON patch: each MutatingAdmissionPolicy costs the API server a conversion
+    of the object, and an apply configuration a structured merge (measured: two policies +21 ms
+    p50 over one, at 100 concurrent creates on 2 CPUs)."""
+    annotations = "/metadata/annotations"
+    has_requester = (
+        f"has(object.metadata.annotations) && {_lit(REQUESTED_BY)} in object.metadata.annotations"
+    )
+    kept = (
+        "request.operation == 'UPDATE' && has(oldObject.metadata.annotations)"
+        f" && {_lit(REQUESTED_BY)} in oldObject.metadata.annotations"
+        f" ? optional.of(oldObject.metadata.annotations[{_lit(REQUESTED_BY)}]) : optional.none()"
+    )
+    patch = (
+        _set("/metadata/labels", STAGE_LABEL_PATH, STAGE_LABEL_KEY, "object.spec.stage")
+        + " + (variables.requester.hasValue() ? "
+        + _set(annotations, REQUESTED_BY_PATH, REQUESTED_BY, "variables.requester.value()")
+        + f" : ({has_requester} ? [JSONPatch{{op: 'remove', path: {_lit(REQUESTED_BY_PATH)}}}]"
+        " : []))"
     )
     return {
         "apiVersion": ADMISSION_API,
         "kind": "MutatingAdmissionPolicy",
-        "metadata": _meta(STAGE_LABEL),
+        "metadata": _meta(DEPLOYMENT_STAMP),
         "spec": {
             "failurePolicy": "Fail",
             "reinvocationPolicy": "IfNeeded",
             "matchConstraints": {"resourceRules": [_rule(DEPLOYMENT, ["CREATE", "UPDATE"])]},
-            "mutations": [
-                {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": apply}}
+            "variables": [
+                {"name": "changed", "expression": RELEASE_CHANGED},
+                {
+                    "name": "requester",
+                    "expression": f"variables.changed ? optional.of({USER}) : ({kept})",
+                },
             ],
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": patch}}],
         },
     }
 
 
-def stage_label_binding() -> Obj:
-    return _map_binding(STAGE_LABEL)
+def deployment_stamp_binding() -> Obj:
+    return _map_binding(DEPLOYMENT_STAMP)
 
 
 def stamp_check() -> Obj:
@@ -603,8 +653,8 @@ def admission_objects(
     """Every native admission object, policies each followed by their binding."""
     identity = OperatorIdentity(namespace, name)
     return [
-        stage_label(),
-        stage_label_binding(),
+        deployment_stamp(),
+        deployment_stamp_binding(),
         promotion_gate(),
         # Wherever there is a ledger, whatever the labels say.
         _binding(GATE, ["Deny"], ledger="Allow"),

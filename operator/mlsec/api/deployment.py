@@ -41,6 +41,11 @@ Version = Annotated[str, StringConstraints(max_length=63, pattern=VERSION_PATTER
 Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
 ImageDigest = Annotated[str, StringConstraints(max_length=71, pattern=IMAGE_DIGEST_PATTERN)]
 
+# The requester of a release: stamped at admission (natively by mlsec-deployment-stamp, or by the
+# webhook) with whoever last changed one of RELEASE_FIELDS; any other write keeps it.
+REQUESTED_BY = "mlsec.io/requested-by"
+RELEASE_FIELDS = ("stage", "version", "image", "owner", "dataClassification")
+
 # Stage changes that are never legal, whatever the approvals: a model reaches production only
 # from staging (or by re-deploying production with a new version, which the gate checks).
 FORBIDDEN_TRANSITIONS = frozenset(

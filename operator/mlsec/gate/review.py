@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mlsec.api.deployment import RELEASE_FIELDS
 from mlsec.gate.rules import (
     PRODUCTION,
     Decision,
@@ -30,8 +31,6 @@ from mlsec.gate.rules import (
 )
 
 MAX_APPROVER_GROUPS = 128  # as the ModelApproval CRD bounds spec.approverGroups
-# Fields whose change makes a ModelDeployment write a new request (stamped with its requester).
-RELEASE_FIELDS = ("stage", "version", "image", "owner", "dataClassification")
 DEVELOPER, DEPLOYER = "model_developer", "model_deployer"
 APPROVED_BY_ANNOTATION = "mlsec.io/approved-by"
 MAX_NOT_COUNTED = 8  # approvals explained in a denial message; `kubectl mlsec status` shows all

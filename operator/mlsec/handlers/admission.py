@@ -25,6 +25,7 @@ without a thread hop. kopf registers them and runs the server, but calls them th
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,12 +36,13 @@ import kopf
 from mlsec import GROUP, VERSION
 from mlsec.api import MLSecurityPolicy, stage_transition_error
 from mlsec.api.approval import IMMUTABLE_MESSAGE
+from mlsec.api.deployment import REQUESTED_BY
 from mlsec.audit.events import Action, Actor, Context, EventType, Resource, Result, ResultStatus
 from mlsec.gate import Decision, review
 from mlsec.gate.adapt import release_of, rules_of
 from mlsec.handlers import admission_dispatch as dispatch
 from mlsec.handlers import context, model_store, promotion, settings, webhook
-from mlsec.handlers.deployment import REQUESTED_BY, policy_in_force
+from mlsec.handlers.deployment import policy_in_force
 
 MODELS, APPROVALS, POLICIES = "modeldeployments", "modelapprovals", "mlsecuritypolicies"
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 class State:
     identity: str | None = None  # the operator's own user name (status writes)
     failure_policy: str | None = None
+    native_requester: bool = False  # the API server stamps mlsec.io/requested-by: no stamp webhook
     indexed: bool = False  # kopf has listed every kind it indexes (approvals, policies)
 
 
@@ -230,17 +233,21 @@ def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
     """Start-up: failure policy, the operator's identity, TLS, kopf's server and managed config."""
     cfg = settings.CONFIG
     kube = context.kube()
-    STATE.failure_policy = webhook.decide_failure_policy(
-        cfg.webhook.failure_policy, lambda: webhook.native_policies_served(kube))
+    served = functools.cache(lambda: webhook.native_policies_served(kube))  # one discovery
+    STATE.failure_policy = webhook.decide_failure_policy(cfg.webhook.failure_policy, served)
+    STATE.native_requester = webhook.native_requester(STATE.failure_policy, served)
     STATE.identity = webhook.operator_identity(cfg, kube)
-    webhook.install_config_rewrite(STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
+    webhook.install_config_rewrite(STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity,
+                                   native_requester=STATE.native_requester)
     settings_.admission.server = webhook.make_server(cfg, ROUTES)
     settings_.admission.managed = webhook.MANAGED
     # One access-log line per admission request is noise at API-server rates (kopf already logs
     # each denial with its reason: mlsec.handlers.admission_dispatch).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    log.info("admission webhooks on port %s: failurePolicy %s, timeout %ss, operator identity %s",
-             cfg.webhook_port, STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity)
+    log.info("admission webhooks on port %s: failurePolicy %s, timeout %ss, operator identity %s%s",
+             cfg.webhook_port, STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity,
+             "; the requester is stamped natively (mlsec-deployment-stamp)" if STATE.native_requester
+             else "")
 
 
 ROUTES: dict[str, dispatch.Route] = {}  # webhook id → handler, served by mlsec.handlers.webhook.Server

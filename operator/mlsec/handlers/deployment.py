@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from mlsec import GROUP, VERSION
 from mlsec.api import MLSecurityPolicy, ModelDeployment, validation_messages
+from mlsec.api.deployment import REQUESTED_BY
 from mlsec.audit.events import Action, Context, EventType, Resource, Result
 from mlsec.builders import compliance
 from mlsec.builders.children import CHILD_KINDS, child_names, desired_children
@@ -42,7 +43,6 @@ from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
 
 KIND = "ModelDeployment"
-REQUESTED_BY = "mlsec.io/requested-by"  # stamped at admission from the requester's identity
 PLURAL = "modeldeployments"
 API = f"{GROUP}/{VERSION}"
 CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"  # what every child carries

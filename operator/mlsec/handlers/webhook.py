@@ -112,20 +112,28 @@ class Server(kopf.WebhookServer):
 
 
 GATE_HOOK = "deployment-gate"
+# Left out where the API server stamps the requester itself (mlsec-deployment-stamp, a
+# MutatingAdmissionPolicy): the webhook would write the same value, and every ModelDeployment
+# write would wait for it.
+REQUESTER_HOOK = "deployment-stamp"
 
 
 def adjust_webhooks(webhooks: list[dict[str, Any]], *, failure_policy: str, timeout: int,
-                    exempt: str | None = None, group: str = GROUP) -> list[dict[str, Any]]:
+                    exempt: str | None = None, group: str = GROUP,
+                    native_requester: bool = False) -> list[dict[str, Any]]:
     """Our registration conventions on top of what kopf builds (pure).
 
     ``exempt``: the operator's own user name. Its requests never call the webhooks (a CEL match
     condition, Kubernetes ≥ 1.28): the operator does not depend on itself, so a lone replica that
     is stopping, starting or restarting can always write its finalizers and status.
+    ``native_requester``: the API server stamps the requester (see ``REQUESTER_HOOK``).
     """
     out = []
     for hook in webhooks:
         rules = [r for r in hook.get("rules") or [] if list(r.get("apiGroups") or []) == [group]]
         if not rules:  # never register anything outside our API group
+            continue
+        if native_requester and str(hook.get("name", "")).startswith(f"{REQUESTER_HOOK}."):
             continue
         adjusted = {**hook, "rules": rules, "failurePolicy": failure_policy,
                     "timeoutSeconds": max(1, min(30, int(timeout)))}
@@ -145,7 +153,8 @@ def adjust_webhooks(webhooks: list[dict[str, Any]], *, failure_policy: str, time
     return out
 
 
-def install_config_rewrite(failure_policy: str, timeout: int, exempt: str | None = None) -> None:
+def install_config_rewrite(failure_policy: str, timeout: int, exempt: str | None = None,
+                           native_requester: bool = False) -> None:
     """Wrap kopf's webhook-configuration builder (module global, looked up at each call)."""
     original: Callable[..., list[dict[str, Any]]] = getattr(
         engine.build_webhooks, "__wrapped__", engine.build_webhooks)
@@ -153,7 +162,7 @@ def install_config_rewrite(failure_policy: str, timeout: int, exempt: str | None
     @functools.wraps(original)
     def build_webhooks(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         return adjust_webhooks(original(*args, **kwargs), failure_policy=failure_policy,
-                               timeout=timeout, exempt=exempt)
+                               timeout=timeout, exempt=exempt, native_requester=native_requester)
 
     engine.build_webhooks = build_webhooks
 
@@ -170,6 +179,20 @@ def decide_failure_policy(setting: str, native_served: Callable[[], bool]) -> st
         log.warning("cannot discover MutatingAdmissionPolicy support (%s): failurePolicy Fail", exc)
         return FAIL
     return IGNORE if served else FAIL
+
+
+def native_requester(failure_policy: str, native_served: Callable[[], bool]) -> bool:
+    """Whether the API server stamps the requester, so the stamp webhook is left out: only where
+    the webhooks are the second layer (Ignore) and MutatingAdmissionPolicy is served. Under Fail
+    the webhooks are the enforcement, the stamp included."""
+    if failure_policy != IGNORE:
+        return False
+    try:
+        return native_served()
+    except (KubeError, OSError) as exc:  # cannot tell: keep the webhook
+        log.warning("cannot discover MutatingAdmissionPolicy support (%s): the requester stamp "
+                    "stays a webhook", exc)
+        return False
 
 
 def native_policies_served(kube: Kube) -> bool:

@@ -140,6 +140,26 @@ def test_the_gate_webhook_is_called_for_production_writes_only() -> None:
     assert [c["name"] for c in stamp["matchConditions"]] == ["not-the-operator"]
 
 
+def test_the_requester_stamp_webhook_is_left_to_the_api_server_where_it_stamps_natively() -> None:
+    hooks = [_hook(["mlsec.io"], name="deployment-stamp.mlsec.io"),
+             _hook(["mlsec.io"], name="approval-stamp.mlsec.io"),
+             _hook(["mlsec.io"], name="deployment-gate.mlsec.io")]
+    native = webhook.adjust_webhooks(hooks, failure_policy="Ignore", timeout=5, native_requester=True)
+    assert [h["name"] for h in native] == ["approval-stamp.mlsec.io", "deployment-gate.mlsec.io"]
+    kept = webhook.adjust_webhooks(hooks, failure_policy="Ignore", timeout=5)
+    assert [h["name"] for h in kept] == [h["name"] for h in hooks]
+
+
+def test_native_requester_only_where_the_webhooks_are_the_second_layer() -> None:
+    def boom() -> bool:
+        raise KubeError(503, "ServiceUnavailable", "discovery failed")
+
+    assert webhook.native_requester("Ignore", lambda: True) is True
+    assert webhook.native_requester("Ignore", lambda: False) is False  # explicit Ignore, old cluster
+    assert webhook.native_requester("Ignore", boom) is False  # cannot tell: keep the webhook
+    assert webhook.native_requester("Fail", lambda: True) is False  # the webhooks enforce
+
+
 def test_decide_failure_policy() -> None:
     def boom() -> bool:
         raise KubeError(503, "ServiceUnavailable", "discovery failed")

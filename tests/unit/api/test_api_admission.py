@@ -20,6 +20,7 @@ from mlsec.api import LEDGER, RESOURCES, MLSecurityPolicy, ModelDeployment, Prom
 from mlsec.api import admission as adm
 from mlsec.api.approval import MAX_APPROVER_GROUPS, ModelApprovalSpec
 from mlsec.api.crdgen import HEADER, crd, render_admission, render_crds
+from mlsec.api.deployment import REQUESTED_BY
 from mlsec.api.ledger import (
     LEDGER_NAME,
     MAX_MESSAGE,
@@ -30,6 +31,7 @@ from mlsec.api.ledger import (
 from mlsec.builders.children import CHILD_KINDS
 from mlsec.builders.naming import LABEL_STAGE, selector_labels
 from mlsec.builders.rbac import SELECTOR as RBAC_SELECTOR
+from mlsec.gate import review
 from mlsec.gate.adapt import approval_of, ledger_spec
 
 SA = "system:serviceaccount:mlsec-system:mlsec-operator"
@@ -82,7 +84,7 @@ def test_every_policy_has_its_binding() -> None:
         adm.SCALE_GUARD,
         adm.STATUS_GUARD,
     }
-    assert set(maps) == {adm.APPROVER_STAMP, adm.STAGE_LABEL}
+    assert set(maps) == {adm.APPROVER_STAMP, adm.DEPLOYMENT_STAMP}
     assert {n: b["spec"]["policyName"] for n, b in _bindings().items()} == {
         **{n: n for n in vaps},
         adm.GATE_NO_LEDGER: adm.GATE,
@@ -247,13 +249,23 @@ def test_stamped_groups_fit_the_crd() -> None:
         ModelApprovalSpec.model_validate({**spec, "approverGroups": ["x"] * 129})
 
 
-def test_stage_label_is_the_childrens_stage_label() -> None:
+def test_the_deployment_stamp_labels_the_stage_and_follows_the_release_fields() -> None:
+    """The stage label is the children's; the requester changes on the same fields as in
+    mlsec.gate.review.requester_after (what the webhook stamps). Its behaviour is tested against
+    the API server in tests/integration/test_native_policies.py."""
     assert adm.STAGE_LABEL_KEY == LABEL_STAGE
-    stage = _by("MutatingAdmissionPolicy")[adm.STAGE_LABEL]["spec"]
-    [rule] = stage["matchConstraints"]["resourceRules"]
+    stamp = _by("MutatingAdmissionPolicy")[adm.DEPLOYMENT_STAMP]["spec"]
+    [rule] = stamp["matchConstraints"]["resourceRules"]
     assert (rule["resources"], rule["operations"]) == (["modeldeployments"], ["CREATE", "UPDATE"])
-    expr = stage["mutations"][0]["applyConfiguration"]["expression"]
-    assert '"mlsec.io/stage": object.spec.stage' in expr
+    changed = next(v["expression"] for v in stamp["variables"] if v["name"] == "changed")
+    for field in review.RELEASE_FIELDS:
+        assert f"oldObject.spec.{field} != object.spec.{field}" in changed
+    assert changed.count("!=") == len(review.RELEASE_FIELDS)
+    [mutation] = stamp["mutations"]
+    patch = mutation["jsonPatch"]["expression"]
+    assert '"/metadata/labels/mlsec.io~1stage", value: object.spec.stage' in patch
+    assert '"/metadata/annotations/mlsec.io~1requested-by"' in patch
+    assert "/metadata/annotations/" + REQUESTED_BY.replace("/", "~1") == adm.REQUESTED_BY_PATH
 
 
 def test_ledger_guard_trusts_only_the_operator() -> None:
