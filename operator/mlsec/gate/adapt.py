@@ -25,7 +25,37 @@ from mlsec.gate.rules import (
 RoleResolver = Callable[[str, tuple[str, ...]], frozenset[str]]  # (user, groups) -> roles
 
 
+class _PerPolicy:
+    """What a function computes from a policy object, kept while that object is in use.
+
+    The handlers reuse one parsed policy per generation (``deployment.policy_in_force``), and
+    the admission gate asks for its rules and role mappings on every request. Keyed by identity:
+    an entry keeps its policy alive, so the id is not reused while cached."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: dict[int, tuple[object, Any]] = {}
+        self._size = size
+
+    def get(self, policy: object, compute: Callable[[], Any]) -> Any:
+        hit = self._entries.get(id(policy))
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        value = compute()
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[id(policy)] = (policy, value)
+        return value
+
+
+_rules, _mappings = _PerPolicy(), _PerPolicy()
+
+
 def rules_of(policy: MLSecurityPolicy) -> PromotionRules:
+    rules: PromotionRules = _rules.get(policy, lambda: _rules_of(policy))
+    return rules
+
+
+def _rules_of(policy: MLSecurityPolicy) -> PromotionRules:
     prod = policy.spec.promotion.production
     return PromotionRules(
         requirements=tuple(
@@ -49,13 +79,17 @@ def roles_from_groups(groups: Iterable[str], policy: MLSecurityPolicy) -> frozen
     ``cn=ml_leads,ou=groups,…``), as identity providers report either.
     """
     names = {g.lower() for g in groups}
-    out = set()
+    mappings: tuple[tuple[str, str, str], ...] = _mappings.get(policy, lambda: _group_names(policy))
+    return frozenset(role for dn, cn, role in mappings if dn in names or cn in names)
+
+
+def _group_names(policy: MLSecurityPolicy) -> tuple[tuple[str, str, str], ...]:
+    """(full DN, first RDN value, platform role) of each mapping, lower-cased."""
+    out = []
     for m in policy.spec.role_mappings:
         dn = m.ldap_group.lower()
-        cn = dn.split(",", 1)[0].split("=", 1)[-1]
-        if dn in names or cn in names:
-            out.add(str(m.platform_role))
-    return frozenset(out)
+        out.append((dn, dn.split(",", 1)[0].split("=", 1)[-1], str(m.platform_role)))
+    return tuple(out)
 
 
 def release_of(spec: Mapping[str, Any], requested_by: str | None = None) -> Release:

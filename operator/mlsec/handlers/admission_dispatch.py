@@ -132,7 +132,7 @@ async def serve(review: Mapping[str, Any], hook: str, route: Route,
     kind = req.get("kind") or {}
     resource = req.get("resource") or {}
     warnings: list[str] = []
-    patch = kopf.Patch()
+    patch = kopf.Patch() if "patch" in route.params else None  # only a mutating handler names it
     available: dict[str, Any] = {
         "operation": operation, "userinfo": userinfo, "body": body, "old": old, "new": new,
         "spec": body.get("spec") or {}, "meta": meta,
@@ -161,7 +161,7 @@ async def serve(review: Mapping[str, Any], hook: str, route: Route,
                                          "operator's log", "code": 500}
     if warnings:
         response["warnings"] = [str(w) for w in warnings]
-    if response["allowed"] and (ops := json_patch(body, patch)):
+    if response["allowed"] and patch is not None and (ops := json_patch(body, patch)):
         response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode("ascii")
         response["patchType"] = "JSONPatch"
     return out
