@@ -13,6 +13,8 @@ restarted replica needs. Goal: ≤ 100 MiB at 5,000.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -41,6 +43,23 @@ def sample(op: c.Operator, settle: float) -> tuple[float, float, float]:
         values.append(op.rss_mib())
         time.sleep(1)
     return statistics.median(values), vm(op.pid, "VmHWM"), vm(op.pid, "RssAnon")
+
+
+def dump_objects(op: c.Operator, label: str) -> None:
+    """With $MLSEC_BENCH_OBJECTS=FILE (the operator then runs as bench.kopf_variant): have it
+    write what holds its memory (SIGUSR2), kept as FILE.<label>."""
+    target = os.environ.get("MLSEC_BENCH_OBJECTS")
+    if not target:
+        return
+    path = Path(target)
+    path.unlink(missing_ok=True)
+    os.kill(op.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (path.exists() and path.read_text().endswith("\n")):
+        time.sleep(1)
+    if path.exists():
+        path.replace(path.with_name(f"{path.name}.{label}"))
+        c.say(f"objects of the operator at {label}: {path.name}.{label}")
 
 
 def wait_reconciled(op: c.Operator, n: int, timeout: float) -> float:
@@ -97,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.monotonic() - started
             rss, hwm, anon = sample(op, args.settle)
             c.say(f"{level} models: RSS {rss:.1f} MiB (peak {hwm:.1f})")
+            dump_objects(op, f"growing-{level}")
             rows.append({"models": level, "namespaces": len(namespaces), "ready": watch.count_ready(),
                          "rss_mib": round(rss, 1), "peak_mib": round(hwm, 1), "anon_mib": round(anon, 1),
                          "seconds": round(seconds, 1), "phase": "growing"})
@@ -107,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         op.start()
         took = wait_reconciled(op, have, args.timeout)
         rss, hwm, anon = sample(op, args.settle)
+        dump_objects(op, f"restarted-{have}")
         rows.append({"models": have, "namespaces": len(namespaces), "ready": watch.count_ready(),
                      "rss_mib": round(rss, 1), "peak_mib": round(hwm, 1), "anon_mib": round(anon, 1),
                      "seconds": round(time.monotonic() - started - args.settle - 5, 1),

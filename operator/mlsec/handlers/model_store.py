@@ -150,10 +150,10 @@ class IndexView(Mapping[str, list[Any]]):
         return [self._entry(name, record) for name, record in entries]
 
     def get(self, namespace: str, default: Any = None) -> Any:
-        entries = self._store.entries(namespace)
-        if not entries:
+        try:
+            return self[namespace]
+        except KeyError:
             return default
-        return [self._entry(name, record) for name, record in entries]
 
     def one(self, namespace: str, name: str) -> Any:
         """The entry of one model, or None (parses only its record)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -63,7 +64,10 @@ _loop: asyncio.AbstractEventLoop | None = None
 _watches: list[ListWatch] = []
 
 
-_uses_vault = vault_step._uses_vault  # by spec, or by status (Vault objects were written for it)
+def _record(body: Mapping[str, Any]) -> ModelRecord:
+    """What the store keeps of a model (whether it uses Vault: by spec, or by status when Vault
+    objects were written for it)."""
+    return record_of(body, status_of=reports.status_subset, uses_vault=vault_step.uses_vault)
 
 
 def seen(type_: str | None, body: dict[str, Any]) -> None:
@@ -76,7 +80,7 @@ def seen(type_: str | None, body: dict[str, Any]) -> None:
         _fresh.discard(key)
         old, new = None, None
     else:
-        new = record_of(body, status_of=reports.status_subset, uses_vault=_uses_vault)
+        new = _record(body)
         old = STORE.put(key, new)
         if type_ == "ADDED" and old is None and not body.get("status"):
             _fresh.add(key)
@@ -130,10 +134,9 @@ def _finalize(namespace: str, name: str, attempt: int) -> None:
     body = context.kube().get(API, KIND, namespace, name)
     if body is None or FINALIZER not in ((body.get("metadata") or {}).get("finalizers") or []):
         return
-    if _uses_vault(body):
+    if vault_step.uses_vault(body):
         vault_step.cleanup_for_deletion(body, attempt)
-    _set_finalizer(namespace, name, record_of(body, status_of=reports.status_subset,
-                                              uses_vault=_uses_vault), present=False)
+    _set_finalizer(namespace, name, _record(body), present=False)
 
 
 def _set_finalizer(namespace: str, name: str, record: ModelRecord, *, present: bool) -> None:

@@ -324,7 +324,7 @@ def _retained(md: ModelDeployment, body: kopf.Body) -> None:
                        f"(remove on purpose: mlsec vault delete-transit-key {namespace} {md.metadata.name})")
 
 
-def _uses_vault(body: kopf.Body, **_: Any) -> bool:
+def uses_vault(body: kopf.Body, **_: Any) -> bool:
     """Models that use Vault now, or did as far as status says: they get the finalizer."""
     spec = body.get("spec") or {}
     status_vault = (body.get("status") or {}).get("vault") or {}
@@ -372,7 +372,7 @@ def resync(namespace: str, name: str, indexes: dict[str, Any]) -> None:
     if not leader.leading():
         return
     body = context.kube().get(API, KIND, namespace, name)
-    if body is None or (body.get("metadata") or {}).get("deletionTimestamp") or not _uses_vault(body):
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp") or not uses_vault(body):
         return
     if not _needs_vault_body(body.get("spec") or {}):
         try:

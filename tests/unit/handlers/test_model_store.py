@@ -34,7 +34,7 @@ def body(name: str = "m", **changes: Any) -> dict[str, Any]:
 
 
 def rec(b: dict[str, Any]) -> Any:
-    return record_of(b, status_of=reports.status_subset, uses_vault=vault_step._uses_vault)
+    return record_of(b, status_of=reports.status_subset, uses_vault=vault_step.uses_vault)
 
 
 def test_a_record_keeps_spec_and_the_status_the_reports_read_not_the_body() -> None:

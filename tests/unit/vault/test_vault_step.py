@@ -172,9 +172,9 @@ def test_remove_is_idempotent() -> None:
 def test_filters() -> None:
     with_vault: Any = {"spec": {"secrets": [{"name": "a", "path": "x/data/y"}]}}
     bare: Any = {"spec": {"secrets": []}}
-    assert step._uses_vault(body=with_vault)
-    assert not step._uses_vault(body=bare)
+    assert step.uses_vault(body=with_vault)
+    assert not step.uses_vault(body=bare)
     bound: Any = {**bare, "status": {"vault": {"role": NAME}}}
-    assert step._uses_vault(body=bound)
+    assert step.uses_vault(body=bound)
     assert [step._retry_delay(r) for r in range(8)] == [2, 4, 8, 16, 32, 60, 60, 60]
     assert step._same_address("https://Vault.example:8200/", "https://vault.example:8200")
