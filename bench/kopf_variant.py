@@ -121,6 +121,15 @@ def _deep_size_any(obj: Any, seen: set[int], depth: int = 0) -> int:
     return size
 
 
+def _brief(r: Any) -> str:
+    if isinstance(r, dict):
+        return repr(list(r)[:3])[:80]
+    if isinstance(r, (list, tuple)):
+        return f"len {len(r)}: " + repr([type(x).__qualname__ if isinstance(x, (dict, list, tuple)) else x
+                                         for x in list(r)[:3]])[:100]
+    return repr(getattr(r, "__dict__", ""))[:80]
+
+
 def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
     """SIGUSR2: the most numerous live object types, and the bodies kopf keeps for daemons and
     timers (``live_fresh_body``), to $MLSEC_BENCH_OBJECTS."""
@@ -183,6 +192,38 @@ def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
                 numbers[rname] += 1
     lines += ["", f"live objects by type (bytes, shallow), {sum(sizes.values()) / 2**20:.1f} MiB in all:"]
     lines += [f"{size / 2**20:9.2f} MiB {numbers[name]:9d} {name}" for name, size in sizes.most_common(25)]
+    shapes: Counter[str] = Counter()  # the dicts by their first keys: who holds so many
+    shape_bytes: Counter[str] = Counter()
+    for o in gc.get_objects():
+        if type(o) is dict:
+            shape = repr(tuple(list(o)[:4]))[:100]
+            shapes[shape] += 1
+            shape_bytes[shape] += sys.getsizeof(o)
+    lines += ["", "dicts by their first keys:"]
+    lines += [f"{shape_bytes[k] / 2**20:9.2f} MiB {n:9d} {k}" for k, n in shapes.most_common(20)]
+    holders_of: Counter[str] = Counter()  # and by what refers to them
+    for o in gc.get_objects():
+        for r in gc.get_referents(o):
+            if type(r) is dict:
+                where = type(o).__qualname__
+                if type(o) is dict:
+                    where += " " + repr(tuple(list(o)[:2]))[:70]
+                holders_of[where] += 1
+    lines += ["", "dicts by what refers to them:"]
+    lines += [f"{n:9d} {k}" for k, n in holders_of.most_common(20)]
+    probe = os.environ.get("MLSEC_BENCH_PROBE_KEY")  # e.g. dataClassification: who holds such dicts
+    if probe:
+        sample = next((o for o in gc.get_objects() if type(o) is dict and probe in o), None)
+        chain, frontier, skip = [], [sample], {id(lines), id(sizes)}
+        for _ in range(6):
+            if not frontier or frontier[0] is None:
+                break
+            refs = [r for r in gc.get_referrers(frontier[0])
+                    if id(r) not in skip and type(r).__name__ not in ("frame", "list_iterator")
+                    and r is not frontier]
+            chain.append(" | ".join(f"{type(r).__qualname__} {_brief(r)}" for r in refs[:4]))
+            frontier = refs[:1]
+        lines += ["", f"referrers of a dict holding {probe!r}, upwards:", *chain]
     holders = []  # what each module-level name of ours, kopf's and prometheus' holds, deep
     seen_ids: set[int] = set()
     for mod_name, mod in list(sys.modules.items()):

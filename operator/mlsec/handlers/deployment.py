@@ -88,15 +88,15 @@ def policy_in_force(namespace: str, indexes: dict[str, Any]) -> tuple[MLSecurity
 
 # --- one reconcile at a time per object -------------------------------------------------------
 
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
+# Striped: a lock per model was an object and an entry kept for every model ever seen (1 MiB at
+# 5,000, never freed). Two models on one stripe only wait for each other; a reconcile never
+# holds two models' locks.
+_stripes = tuple(threading.Lock() for _ in range(64))
 
 
 @contextmanager
 def _locked(namespace: str, name: str) -> Iterator[None]:
-    with _locks_guard:
-        lock = _locks.setdefault((namespace, name), threading.Lock())
-    with lock:
+    with _stripes[hash((namespace, name)) % len(_stripes)]:
         yield
 
 

@@ -127,6 +127,11 @@ class ModelStore:
             record = (self._by_ns.get(namespace) or {}).get(name)
         return (name, record) if record is not None else None
 
+    def count(self, namespace: str) -> int:
+        """How many models ``namespace`` has (nothing parsed)."""
+        with self._lock:
+            return len(self._by_ns.get(namespace) or ())
+
     def entries(self, namespace: str) -> list[tuple[str, ModelRecord]]:
         with self._lock:
             return list((self._by_ns.get(namespace) or {}).items())

@@ -59,3 +59,18 @@ def test_a_deleted_child_is_forgotten() -> None:
 def test_a_child_without_our_annotation_is_not_in_sync() -> None:
     observed.record(child(5, digest=None), OURS)
     assert observed.in_sync(child(0, "h1")) is False
+
+
+def test_what_is_kept_is_exact_for_any_hash_and_version() -> None:
+    """One int per child: the hash (ours: SHA-256 hex; anything else too), the version and the
+    touched bit come back exactly."""
+    sha = "0f" * 32
+    pairs = ((sha, "1f" + sha[2:]), ("h1", "h1 "), ("\x00", "\x00\x00"), ("0_" + sha[2:], "00" + sha[2:]),
+             ("é" * 40, "é" * 39 + "e"), ("A" * 64, "a" * 64), ("z" * 64, "y" * 64))
+    for digest, other in pairs:
+        observed.clear()
+        observed.record(child(2**63 - 1, digest), OURS)
+        assert observed.in_sync(child(0, digest)) is True, digest
+        assert observed.in_sync(child(0, other)) is False, (digest, other)
+    observed.record(child(2**63 - 2, "h9"), OURS)  # older than what is kept: ignored
+    assert observed.in_sync(child(0, "z" * 64)) is True
