@@ -93,15 +93,20 @@ def install_crds(env: local.LocalEnv, timeout: float = 120) -> None:
 
 
 def wait_clean(env: local.LocalEnv, timeout: float = 900) -> None:
-    """Wait until no benchmark namespace of an earlier run is still being deleted: the namespace
-    controller deleting thousands of children, and the operator's watches seeing each deletion,
-    would be measured along with this run."""
+    """Wait until no benchmark namespace of an earlier run is left: the namespace controller
+    deleting thousands of children, and the operator's watches seeing each deletion, would be
+    measured along with this run. Those of a run killed before its clean-up are deleted first:
+    its models would be counted as this run's (one environment serves one benchmark at a time)."""
     kube = admin_kube(env)
     deadline = time.monotonic() + timeout
+    stale = [n["metadata"]["name"] for n in kube.list("v1", "Namespace", label_selector=f"{BENCH_LABEL}=true")
+             if (n.get("status") or {}).get("phase") != "Terminating"]
+    if stale:
+        say(f"deleting {len(stale)} namespaces an earlier run left behind")
+        delete_namespaces(kube, stale)
     while True:
         namespaces = kube.list("v1", "Namespace", label_selector=f"{BENCH_LABEL}=true")
-        left = [n["metadata"]["name"] for n in namespaces
-                if (n.get("status") or {}).get("phase") == "Terminating"]
+        left = [n["metadata"]["name"] for n in namespaces]
         if not left:
             return
         if time.monotonic() > deadline:

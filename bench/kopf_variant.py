@@ -73,7 +73,11 @@ def _dump_allocations(_signum: int, _frame: FrameType | None) -> None:
     snapshot = tracemalloc.take_snapshot()
     by_file = snapshot.statistics("filename")
     by_trace = snapshot.statistics("traceback")
-    lines = [f"total {sum(s.size for s in by_file) / 2**20:.1f} MiB traced", "", "by file:"]
+    now, peak = tracemalloc.get_traced_memory()  # the peak: how high a burst took live allocations
+    lines = [f"total {sum(s.size for s in by_file) / 2**20:.1f} MiB traced (now {now / 2**20:.1f}, "
+             f"peak {peak / 2**20:.1f} since start; tracemalloc's own "
+             f"{tracemalloc.get_tracemalloc_memory() / 2**20:.1f})",
+             "", "by file:"]
     lines += [f"{s.size / 2**20:8.2f} MiB {s.count:8d} {s.traceback[0].filename}" for s in by_file[:40]]
     lines += ["", "by traceback (innermost last):"]
     for stat in by_trace[:25]:
@@ -119,6 +123,24 @@ def _deep_size_any(obj: Any, seen: set[int], depth: int = 0) -> int:
         if isinstance(slot, str) and hasattr(obj, slot):
             size += _deep_size_any(getattr(obj, slot), seen, depth + 1)
     return size
+
+
+def _glibc_heap() -> list[str]:
+    """glibc's own figures (mallinfo2): what C code (OpenSSL, pydantic-core, large Python blocks)
+    holds and what malloc keeps free."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    mib = 2**20
+    return [f"glibc: heap from sbrk/arenas {info.arena / mib:.1f} MiB (in use {info.uordblks / mib:.1f}, "
+            f"free {info.fordblks / mib:.1f}), mmapped blocks {info.hblks} = {info.hblkhd / mib:.1f} MiB"]
 
 
 def _brief(r: Any) -> str:
@@ -171,7 +193,7 @@ def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
     keys = ("arenas allocated current", "bytes in allocated blocks", "bytes in available blocks",
             "unused pools")
     pymalloc = [x for x in err.getvalue().splitlines() if any(k in x for k in keys)]
-    lines = [f"before malloc_trim: {before}; after: {after}", *pymalloc, "",
+    lines = [f"before malloc_trim: {before}; after: {after}", *pymalloc, *_glibc_heap(), "",
              f"kopf ResourceMemory objects: {len(memories)}; with a live body: {len(bodies)} "
              f"({body_bytes / 2**20:.1f} MiB deep)", "", "most numerous types:"]
     lines += [f"{n:9d} {name}" for name, n in counts.most_common(40)]

@@ -34,6 +34,23 @@ def vm(pid: int, field: str) -> float:
     return float("nan")
 
 
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """VmRSS split by mapping, from /proc/<pid>/smaps (MiB): file-backed pages (the interpreter,
+    shared libraries), glibc's main heap ([heap]) and other anonymous memory (Python's
+    small-object arenas, glibc's second arena and large blocks, thread stacks). The objects dump
+    ($MLSEC_BENCH_OBJECTS) splits the anonymous part further."""
+    out = {"files": 0.0, "heap": 0.0, "anon": 0.0}
+    where = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's header: range perms offset dev inode [path]
+            where = fields[5] if len(fields) > 5 else ""
+        elif fields[0] == "Rss:":
+            kind = "files" if where.startswith("/") else "heap" if where == "[heap]" else "anon"
+            out[kind] += int(fields[1]) / 1024
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def sample(op: c.Operator, settle: float) -> tuple[float, float, float]:
     """(VmRSS median of 5, VmHWM, RssAnon): RssAnon is the heap, the rest of VmRSS is file-backed
     (the interpreter, shared libraries such as OpenSSL)."""
@@ -46,20 +63,23 @@ def sample(op: c.Operator, settle: float) -> tuple[float, float, float]:
 
 
 def dump_objects(op: c.Operator, label: str) -> None:
-    """With $MLSEC_BENCH_OBJECTS=FILE (the operator then runs as bench.kopf_variant): have it
-    write what holds its memory (SIGUSR2), kept as FILE.<label>."""
-    target = os.environ.get("MLSEC_BENCH_OBJECTS")
-    if not target:
-        return
-    path = Path(target)
-    path.unlink(missing_ok=True)
-    os.kill(op.pid, signal.SIGUSR2)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (path.exists() and path.read_text().endswith("\n")):
-        time.sleep(1)
-    if path.exists():
-        path.replace(path.with_name(f"{path.name}.{label}"))
-        c.say(f"objects of the operator at {label}: {path.name}.{label}")
+    """With $MLSEC_BENCH_OBJECTS=FILE (SIGUSR2) or $MLSEC_BENCH_TRACEMALLOC=FILE (SIGUSR1) (the
+    operator then runs as bench.kopf_variant): have it write what holds its memory, kept as
+    FILE.<label>."""
+    for variable, sig in (("MLSEC_BENCH_OBJECTS", signal.SIGUSR2),
+                          ("MLSEC_BENCH_TRACEMALLOC", signal.SIGUSR1)):
+        target = os.environ.get(variable)
+        if not target:
+            continue
+        path = Path(target)
+        path.unlink(missing_ok=True)
+        os.kill(op.pid, sig)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (path.exists() and path.read_text().endswith("\n")):
+            time.sleep(1)
+        if path.exists():
+            path.replace(path.with_name(f"{path.name}.{label}"))
+            c.say(f"what holds the operator's memory at {label}: {path.name}.{label}")
 
 
 def wait_reconciled(op: c.Operator, n: int, timeout: float) -> float:
@@ -109,17 +129,21 @@ def main(argv: list[str] | None = None) -> int:
                 c.say(f"adding {len(bodies)} models (to {level})")
                 c.create_all(kube, bodies)
                 def progress(n: int, level: int = level) -> None:
-                    c.say(f"  {n}/{level} Ready, RSS {op.rss_mib():.0f} MiB")
+                    parts = rss_by_mapping(op.pid)
+                    c.say(f"  {n}/{level} Ready, RSS {op.rss_mib():.0f} MiB: "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()))
 
                 if not watch.wait_count(level, timeout=args.timeout, progress=progress):
                     c.say(f"only {watch.count_ready()} of {level} Ready")
             seconds = time.monotonic() - started
             rss, hwm, anon = sample(op, args.settle)
-            c.say(f"{level} models: RSS {rss:.1f} MiB (peak {hwm:.1f})")
+            parts = rss_by_mapping(op.pid)
+            c.say(f"{level} models: RSS {rss:.1f} MiB (peak {hwm:.1f}): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
             dump_objects(op, f"growing-{level}")
             rows.append({"models": level, "namespaces": len(namespaces), "ready": watch.count_ready(),
                          "rss_mib": round(rss, 1), "peak_mib": round(hwm, 1), "anon_mib": round(anon, 1),
-                         "seconds": round(seconds, 1), "phase": "growing"})
+                         "seconds": round(seconds, 1), "phase": "growing", "by_mapping": parts})
         op.stop()
         c.say(f"restarting the operator with {have} models in place")
         op = c.Operator(env, workdir / "restarted", kopf=args.kopf)
@@ -127,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         op.start()
         took = wait_reconciled(op, have, args.timeout)
         rss, hwm, anon = sample(op, args.settle)
+        parts = rss_by_mapping(op.pid)
+        c.say(f"restarted with {have}: RSS {rss:.1f} MiB (peak {hwm:.1f}): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
         dump_objects(op, f"restarted-{have}")
         rows.append({"models": have, "namespaces": len(namespaces), "ready": watch.count_ready(),
                      "rss_mib": round(rss, 1), "peak_mib": round(hwm, 1), "anon_mib": round(anon, 1),
                      "seconds": round(time.monotonic() - started - args.settle - 5, 1),
-                     "resume_s": round(took, 1), "phase": "restarted"})
+                     "resume_s": round(took, 1), "phase": "restarted", "by_mapping": parts})
     finally:
         watch.stop()
         op.stop()

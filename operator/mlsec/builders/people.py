@@ -70,23 +70,41 @@ def metadata_path(data_path: str) -> str:
     return f"{mount}/metadata/{rest}"
 
 
-def _in_production(md: ModelDeployment) -> bool:
+@dataclass(frozen=True, slots=True)
+class KvUse:
+    """All the people policies read of one model: its namespace, its kv v2 data paths, and
+    whether it is in production (by spec or status). The sync lists every model of the cluster:
+    this, not the model, is what it keeps of each."""
+
+    namespace: str
+    paths: tuple[str, ...]
+    production: bool
+
+
+def kv_use(md: ModelDeployment) -> KvUse:
     status_stage = md.status.stage if md.status is not None else None
-    return md.spec.stage is Stage.PRODUCTION or status_stage is Stage.PRODUCTION
+    paths = tuple(s.path for s in md.spec.secrets if secret_kind(s.path) is SecretKind.KV)
+    production = md.spec.stage is Stage.PRODUCTION or status_stage is Stage.PRODUCTION
+    return KvUse(namespace_of(md), paths, production)
 
 
-def kv_paths(models: Iterable[ModelDeployment]) -> dict[str, bool]:
+Model = ModelDeployment | KvUse
+
+
+def _use(m: Model) -> KvUse:
+    return m if isinstance(m, KvUse) else kv_use(m)
+
+
+def kv_paths(models: Iterable[Model]) -> dict[str, bool]:
     """Every kv v2 data path the models list → whether any model listing it is in production."""
     out: dict[str, bool] = {}
-    for md in models:
-        prod = _in_production(md)
-        for s in md.spec.secrets:
-            if secret_kind(s.path) is SecretKind.KV:
-                out[s.path] = out.get(s.path, False) or prod
+    for use in map(_use, models):
+        for path in use.paths:
+            out[path] = out.get(path, False) or use.production
     return dict(sorted(out.items()))
 
 
-def role_grants(role: PlatformRole, models: Sequence[ModelDeployment]) -> dict[str, list[str]]:
+def role_grants(role: PlatformRole, models: Sequence[Model]) -> dict[str, list[str]]:
     """Path → capabilities of ``role``'s people policy for the namespace's ``models``."""
     paths = kv_paths(models)
     if role is PlatformRole.MODEL_DEVELOPER:
@@ -98,7 +116,7 @@ def role_grants(role: PlatformRole, models: Sequence[ModelDeployment]) -> dict[s
     return {}
 
 
-def people_policy_hcl(namespace: str, role: PlatformRole, models: Sequence[ModelDeployment]) -> str:
+def people_policy_hcl(namespace: str, role: PlatformRole, models: Sequence[Model]) -> str:
     """The policy text (deterministic: compared byte for byte with what Vault holds).
 
     A role with nothing to grant still gets its policy (comments only): the group entry keeps a
@@ -125,7 +143,7 @@ class PeopleState:
 
 
 def desired(policies: Iterable[MLSecurityPolicy],
-            models_by_namespace: Mapping[str, Sequence[ModelDeployment]]) -> PeopleState:
+            models_by_namespace: Mapping[str, Sequence[Model]]) -> PeopleState:
     """From the active policy of each namespace (with ``vault.ldapAuthMount`` set) and the
     namespace's models: every people policy and every group entry's mlsec names."""
     texts: dict[str, str] = {}
@@ -137,7 +155,7 @@ def desired(policies: Iterable[MLSecurityPolicy],
             continue
         ns = str(pol.metadata.namespace)
         managed.add(ns)
-        models = [m for m in models_by_namespace.get(ns, ()) if namespace_of(m) == ns]
+        models = [u for u in map(_use, models_by_namespace.get(ns, ())) if u.namespace == ns]
         for mapping in pol.spec.role_mappings:
             role = PlatformRole(mapping.platform_role)
             if role not in ROLE_CAPABILITIES:

@@ -25,7 +25,10 @@ Owners = tuple[tuple[str, str, str], ...]
 Handler = Callable[[str | None, dict[str, Any]], None]
 """(event type, object): type None for an object found by a (re)list, else ADDED/MODIFIED/DELETED."""
 
-PAGE = 500
+PAGE = 100
+"""Objects per page of a (re)listing. Every child kind relists at once when the operator starts:
+seven pages of 500 parsed together were the peak a restart with 5,000 models left in Python's
+arenas (bench/README.md, seventh run)."""
 WATCH_SECONDS = 300
 """The server ends each watch after this long (a little jittered); it is resumed at once."""
 MAX_BACKOFF = 30.0
@@ -33,6 +36,54 @@ MAX_BACKOFF = 30.0
 
 class Gone(Exception):
     """The resourceVersion to resume from is too old: relist."""
+
+
+class Known:
+    """(namespace, name) → owner references of every object listed or watched: enough to report
+    an object's deletion after a relist. Kept per namespace, and a single owner reference (a
+    child's model) as one interned string shared by the model's children: 35,000 children were
+    a key tuple and two owner tuples each (8.7 MiB at 6,000 models)."""
+
+    def __init__(self) -> None:
+        self._by_ns: dict[str, dict[str, str | Owners]] = {}
+
+    def set(self, key: tuple[str, str], owners: Owners) -> None:
+        namespace, name = key
+        packed: str | Owners = sys.intern(_SEP.join(owners[0])) if len(owners) == 1 else owners
+        self._by_ns.setdefault(namespace, {})[name] = packed
+
+    def pop(self, key: tuple[str, str]) -> None:
+        names = self._by_ns.get(key[0])
+        if names is not None and names.pop(key[1], None) is not None and not names:
+            del self._by_ns[key[0]]
+
+    def owners(self, key: tuple[str, str]) -> Owners | None:
+        packed = self._by_ns.get(key[0], {}).get(key[1])
+        return _unpack(packed) if packed is not None else None
+
+    def items(self) -> Iterator[tuple[tuple[str, str], Owners]]:
+        for namespace, names in self._by_ns.items():
+            for name, packed in names.items():
+                yield (namespace, name), _unpack(packed)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return (key for key, _ in self.items())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[1] in self._by_ns.get(key[0], {})
+
+    def __len__(self) -> int:
+        return sum(len(names) for names in self._by_ns.values())
+
+
+_SEP = "\0"  # never in an apiVersion, kind or name
+
+
+def _unpack(packed: str | Owners) -> Owners:
+    if isinstance(packed, str):
+        api_version, kind, name = packed.split(_SEP)
+        return ((api_version, kind, name),)
+    return packed
 
 
 class ListWatch:
@@ -44,9 +95,7 @@ class ListWatch:
         self.path = path
         self.label_selector = label_selector
         self.handler = handler
-        # (namespace, name) -> owner references (apiVersion, kind, name): enough to report an
-        # object's deletion after a relist.
-        self.known: dict[tuple[str, str], Owners] = {}
+        self.known = Known()
         self.listed = threading.Event()  # set after the first complete listing
         self.on_listed: Callable[[], None] | None = None  # called after each complete listing
         self._stop = threading.Event()
@@ -80,7 +129,7 @@ class ListWatch:
 
     # --- list -------------------------------------------------------------------------------
     def relist(self) -> str:
-        found: dict[tuple[str, str], Owners] = {}
+        found = Known()
         cont: str | None = None
         while True:
             query: list[tuple[str, Any]] = [("labelSelector", self.label_selector), ("limit", PAGE)]
@@ -90,13 +139,13 @@ class ListWatch:
                 page = self.transport.request("GET", self.path, query=query, timeout=(5, 60))
             except KubeError as exc:
                 if exc.status == 410:  # the continue token expired: start the listing again
-                    found, cont = {}, None
+                    found, cont = Known(), None
                     continue
                 raise
             for item in page.get("items") or []:
                 item.setdefault("apiVersion", self.api_version)
                 item.setdefault("kind", self.kind)
-                found[_key(item)] = _owners(item)
+                found.set(_key(item), _owners(item))
                 self.handler(None, item)
             meta = page.get("metadata") or {}
             cont = meta.get("continue")
@@ -128,9 +177,9 @@ class ListWatch:
                 if kind == "BOOKMARK":
                     continue
                 if kind == "DELETED":
-                    self.known.pop(_key(obj), None)
+                    self.known.pop(_key(obj))
                 else:
-                    self.known[_key(obj)] = _owners(obj)
+                    self.known.set(_key(obj), _owners(obj))
                 self.handler(str(kind), obj)
                 if self._stop.is_set():
                     break

@@ -38,6 +38,7 @@ from mlsec.clients.kube import KubeError, resource_of, transport_for
 from mlsec.clients.rest import Transport
 from mlsec.clients.watch import ListWatch
 from mlsec.handlers import (
+    allocator,
     context,
     deployment,
     kopf_patches,
@@ -179,6 +180,7 @@ def queue_all(_indexes: dict[str, Any] | None = None) -> None:
 
 
 QUEUE: WorkQueue[Key] = WorkQueue(process, workers=WORKERS, name="mlsec-reconcile")
+QUEUE.on_idle = allocator.trim  # a burst (a restart's resume pass, a bulk create) is over
 policy.ON_POLICY_CHANGE.append(queue_namespace)
 promotion.ON_DECISIONS_CHANGED.append(queue_namespace)
 leader.ON_ELECTED.append(queue_all)

@@ -49,6 +49,8 @@ class WorkQueue(Generic[K]):
         self._attempts: dict[K, int] = {}
         self._stopped = False
         self._threads: list[threading.Thread] = []
+        self.on_idle: Callable[[], object] | None = None
+        """Called (in the worker, outside the lock) when it leaves nothing queued or in progress."""
 
     # --- producers --------------------------------------------------------------------------
     def add(self, key: K) -> None:
@@ -143,3 +145,9 @@ class WorkQueue(Generic[K]):
                     self._add(key)
                 elif retry is not None:
                     self._later(key, retry)
+                idle = not self._queue and not self._active
+            if idle and self.on_idle is not None:
+                try:
+                    self.on_idle()
+                except Exception:
+                    log.exception("%s: the idle hook failed", self.name)

@@ -14,7 +14,7 @@ import pytest
 import urllib3
 
 from mlsec.clients.rest import KubeError
-from mlsec.clients.watch import Gone, ListWatch
+from mlsec.clients.watch import Gone, Known, ListWatch
 
 
 class _Body(io.BytesIO):
@@ -68,7 +68,7 @@ def test_events_in_order_and_the_last_resource_version() -> None:
     assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
     assert ("resourceVersion", "4") in t.queries[0] and ("labelSelector", "a=b") in t.queries[0]
     assert ("allowWatchBookmarks", "true") in t.queries[0]
-    assert w.known == {}
+    assert len(w.known) == 0 and list(w.known) == []
 
 
 @pytest.mark.parametrize("transport", [
@@ -86,3 +86,22 @@ def test_other_errors_are_raised_with_their_message() -> None:
                                                      "message": "etcd"}}]))
     with pytest.raises(KubeError, match="etcd"):
         w.watch("1")
+
+
+def test_what_is_known_of_each_object_comes_back_exactly() -> None:
+    """Owner references are kept packed (one shared string for a single owner); what the relist
+    reports for a vanished object is what was seen."""
+    model = (("mlsec.io/v1alpha1", "ModelDeployment", "mri"),)
+    two = (("v1", "ConfigMap", "a"), ("apps/v1", "Deployment", "b"))
+    k = Known()
+    k.set(("ns", "svc"), model)
+    k.set(("ns", "sa"), (("mlsec.io/v1alpha1", "ModelDeployment", "mri"),))
+    k.set(("ns", "two"), two)
+    k.set(("other", "none"), ())
+    assert len(k) == 4 and ("ns", "two") in k and ("ns", "nope") not in k and "ns" not in k
+    assert dict(k.items()) == {("ns", "svc"): model, ("ns", "sa"): model, ("ns", "two"): two,
+                               ("other", "none"): ()}
+    assert k.owners(("ns", "sa")) == model and k.owners(("x", "y")) is None
+    k.pop(("other", "none"))
+    k.pop(("other", "none"))  # twice: no error
+    assert sorted(k) == [("ns", "sa"), ("ns", "svc"), ("ns", "two")]

@@ -48,3 +48,14 @@ def test_two_arenas_however_many_threads_allocate() -> None:
 def test_an_administrators_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert allocator.limit_arenas() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+def test_trim_runs_at_most_once_per_interval() -> None:
+    allocator._last_trim = float("-inf")
+    blocks = [bytearray(100_000) for _ in range(50)]  # below the mmap threshold: glibc's heap
+    keep = bytearray(1000)
+    del blocks
+    assert allocator.trim(min_interval=60) is True  # pages given back
+    assert allocator.trim(min_interval=60) is False  # too soon
+    assert keep is not None

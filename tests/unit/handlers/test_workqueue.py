@@ -134,3 +134,20 @@ def test_a_failure_is_retried_with_backoff() -> None:
     finally:
         q.stop()
     assert [backoff(a) for a in range(9)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_the_idle_hook_runs_when_the_last_key_is_done() -> None:
+    gate = threading.Event()
+    idle: list[int] = []
+    q: WorkQueue[str] = WorkQueue(lambda key, attempt: gate.wait(5) and None, workers=2, name="t")
+    q.on_idle = lambda: idle.append(q.pending())
+    q.start()
+    try:
+        q.add_all(["a", "b", "c"])
+        time.sleep(0.05)
+        assert idle == []  # busy
+        gate.set()
+        wait(lambda: q.pending() == 0 and idle)
+    finally:
+        q.stop()
+    assert set(idle) == {0}  # never while keys were left

@@ -105,6 +105,25 @@ def test_desired_unions_groups_across_namespaces_and_skips_unmanaged() -> None:
     assert "path" not in state.policies["mlsec-ns-b-model_deployer"].split("\n", 2)[2]  # no models there
 
 
+def test_what_the_sync_keeps_of_a_listed_model_gives_the_same_policies() -> None:
+    """The sync reduces each listed model to its kv paths and production flag (KvUse): the
+    policies are those the whole models give; deleted, invalid and kv-less models grant nothing."""
+    pols = [policy("radiology-ml", mappings=[(f"g{r}", r) for r in ("model_developer", "model_deployer",
+                                                                    "model_approver")])]
+    promoted = model("promoted", "staging", KV2).model_dump(mode="json", by_alias=True, exclude_none=True)
+    promoted["status"] = {"stage": "production"}  # promoted by status, spec not yet
+    bodies = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in MODELS] + [promoted]
+    uses = [step._kv_use(b) for b in bodies]
+    assert all(u is not None for u in uses)
+    assert uses[-1] == p.KvUse("radiology-ml", (KV2,), True)
+    whole = p.desired(pols, {"radiology-ml": [ModelDeployment.model_validate(b) for b in bodies]})
+    assert p.desired(pols, {"radiology-ml": [u for u in uses if u]}) == whole
+    gone = {**bodies[0], "metadata": {**bodies[0]["metadata"], "deletionTimestamp": "2026-12-04T00:00:00Z"}}
+    invalid = {**bodies[0], "spec": {**bodies[0]["spec"], "stage": "nowhere"}}
+    no_kv = {**bodies[0], "spec": {**bodies[0]["spec"], "secrets": []}}
+    assert [step._kv_use(b) for b in (gone, invalid, no_kv)] == [None, None, None]
+
+
 class MemoryVault:
     address = "http://vault"
 
