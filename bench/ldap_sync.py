@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 class CountingKube(Kube):
     """The operator's client, counting API calls by verb and kind."""
 
-    def __init__(self, kubeconfig: Path) -> None:
-        super().__init__(load_api_client(str(kubeconfig), "admin"))
+    def __init__(self, kubeconfig: Path, context_name: str = "admin") -> None:
+        super().__init__(load_api_client(str(kubeconfig), context_name))
         self.calls: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -164,13 +164,17 @@ def main() -> int:
     env = local.LocalEnv.load(args.dir)
 
     user_base, group_base, load_seconds = load_directory(env, args.users, args.groups, args.groups_per_user)
-    kube = CountingKube(env.kubeconfig)
+    admin = CountingKube(env.kubeconfig)  # sets up and removes the namespace, as a person would
+    # The sync as the operator's ServiceAccount: its RBAC, and the only identity whose status
+    # writes the API server admits (ValidatingAdmissionPolicy mlsec-status-guard).
+    operator_config = local.operator_kubeconfig(env, env.dir / "bench-ldap-operator.kubeconfig")
+    kube = CountingKube(operator_config, "operator")
     context.kube = lambda: kube  # type: ignore[method-assign,assignment]
     audit = AuditLog(env.dir / "bench-ldap-audit.jsonl", sink=None)
     context.audit = lambda: audit  # type: ignore[method-assign,assignment]
 
     namespace = f"bench-ldap-{uuid.uuid4().hex[:6]}"
-    create_policy(kube, env, namespace, user_base, group_base)
+    create_policy(admin, env, namespace, user_base, group_base)
     kube.take()
     rows: list[dict[str, Any]] = []
     try:
@@ -198,7 +202,7 @@ def main() -> int:
     finally:
         _restore_membership(env, group_base, user_base)
         if not args.keep:
-            kube.delete("v1", "Namespace", None, namespace)
+            admin.delete("v1", "Namespace", None, namespace)
         audit.close()
 
     print(f"\nLDAP → RBAC sync: {args.users} users, {args.groups} groups (+5 role groups nesting them), "
