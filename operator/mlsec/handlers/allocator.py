@@ -70,13 +70,21 @@ def trim(min_interval: float = MIN_TRIM_INTERVAL) -> bool:
     return bool(malloc_trim(0))
 
 
+_trimmer: threading.Thread | None = None
+
+
 def start_trimmer(period: float = TRIM_PERIOD) -> threading.Thread:
-    """A daemon thread that trims every ``period`` seconds (Go's scavenger, in the small)."""
+    """A daemon thread that trims every ``period`` seconds (Go's scavenger, in the small); one per
+    process however often it is called."""
+    global _trimmer
+
     def loop() -> None:
         while True:
             time.sleep(period)
             trim()
 
-    thread = threading.Thread(target=loop, name="mlsec-malloc-trim", daemon=True)
-    thread.start()
-    return thread
+    with _trim_lock:
+        if _trimmer is None:
+            _trimmer = threading.Thread(target=loop, name="mlsec-malloc-trim", daemon=True)
+            _trimmer.start()
+        return _trimmer

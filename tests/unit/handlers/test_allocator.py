@@ -59,3 +59,8 @@ def test_trim_runs_at_most_once_per_interval() -> None:
     assert allocator.trim(min_interval=60) is True  # pages given back
     assert allocator.trim(min_interval=60) is False  # too soon
     assert keep is not None
+
+
+def test_one_trimmer_per_process() -> None:
+    first = allocator.start_trimmer(period=3600)
+    assert allocator.start_trimmer(period=3600) is first and first.is_alive() and first.daemon
