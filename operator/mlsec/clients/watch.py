@@ -57,10 +57,6 @@ class Known:
         if names is not None and names.pop(key[1], None) is not None and not names:
             del self._by_ns[key[0]]
 
-    def owners(self, key: tuple[str, str]) -> Owners | None:
-        packed = self._by_ns.get(key[0], {}).get(key[1])
-        return _unpack(packed) if packed is not None else None
-
     def items(self) -> Iterator[tuple[tuple[str, str], Owners]]:
         for namespace, names in self._by_ns.items():
             for name, packed in names.items():

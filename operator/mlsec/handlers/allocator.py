@@ -40,7 +40,6 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     return ok
 
 
-
 # glibc returns freed memory to the system only from the top of its heap; what a burst freed below
 # live blocks (pages of listed children, response bodies) stays resident. malloc_trim(0) gives
 # back every free page: after the reconcile queue drains, and every TRIM_PERIOD for what the
