@@ -184,6 +184,7 @@ def _reconcile(namespace: str, name: str, indexes: dict[str, Any], created: bool
     if vault_step.needed(md):
         outcome = vault_step.ensure(md, pol)
         conds.append(Cond("VaultReady", outcome.ok, outcome.reason, outcome.message))
+        vault_step.report_repair(body, outcome, after_failure=True)
         if outcome.ok:
             vault_fields = {"vault": {k: v for k, v in (("role", outcome.role),
                                                          ("policy", outcome.policy_name),

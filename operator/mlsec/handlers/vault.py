@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -388,8 +389,7 @@ def resync(namespace: str, name: str, indexes: dict[str, Any]) -> None:
     except ValidationError:
         return
     outcome = ensure(md, pol)
-    if outcome.written:
-        context.post_event(body, "Normal", "VaultDriftRepaired", f"rewrote {', '.join(outcome.written)}")
+    report_repair(body, outcome)
     shown = condition(body.get("status"), CONDITION)
     if shown and (shown.get("status") != ("True" if outcome.ok else "False")
                   or (not outcome.ok and shown.get("reason") != outcome.reason)):
@@ -397,6 +397,32 @@ def resync(namespace: str, name: str, indexes: dict[str, Any]) -> None:
         from mlsec.handlers import deployment  # import here: deployment imports this module
 
         deployment.reconcile(namespace, name, indexes)
+
+
+def repair_message(body: Mapping[str, Any], outcome: VaultOutcome, *,
+                   after_failure: bool = False) -> str | None:
+    """The VaultDriftRepaired text when ``outcome`` wrote Vault objects back, else None.
+
+    The resync loop repairs by definition (``after_failure`` False). A reconcile writes for many
+    reasons (a new model, a new spec or policy); it repaired when the model's last reconcile, at
+    this same generation, found Vault not ready (``after_failure``): after an outage, the
+    reconcile's retry and the resync loop race to rewrite what Vault lost, and the event must
+    not depend on which one wins."""
+    if not outcome.ok or not outcome.written:
+        return None
+    if after_failure:
+        status = body.get("status") or {}
+        shown = condition(status, CONDITION)
+        generation = (body.get("metadata") or {}).get("generation")
+        if generation is None or status.get("observedGeneration") != generation \
+                or not shown or shown.get("status") != "False":
+            return None
+    return f"rewrote {', '.join(outcome.written)}"
+
+
+def report_repair(body: Mapping[str, Any], outcome: VaultOutcome, *, after_failure: bool = False) -> None:
+    if (message := repair_message(body, outcome, after_failure=after_failure)) is not None:
+        context.post_event(body, "Normal", "VaultDriftRepaired", message)
 
 
 def _needs_vault_body(spec: Any) -> bool:

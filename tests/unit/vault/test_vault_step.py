@@ -178,3 +178,23 @@ def test_filters() -> None:
     assert step.uses_vault(body=bound)
     assert [step._retry_delay(r) for r in range(8)] == [2, 4, 8, 16, 32, 60, 60, 60]
     assert step._same_address("https://Vault.example:8200/", "https://vault.example:8200")
+
+
+def test_a_repair_is_reported_whichever_pass_made_it() -> None:
+    """VaultDriftRepaired: the resync loop's writes always; a reconcile's only when its last pass
+    at this generation found Vault not ready (an outage), never for a new model or spec."""
+    wrote = step.VaultOutcome(True, "Written", "ok", written=("policy p", "role r"))
+    in_sync = step.VaultOutcome(True, "InSync", "ok")
+    repair_message = step.repair_message
+    failed = {"status": {"observedGeneration": 3, "conditions": [
+        {"type": "VaultReady", "status": "False", "reason": "VaultUnavailable"}]},
+        "metadata": {"generation": 3}}
+    ready = {"status": {"observedGeneration": 3, "conditions": [
+        {"type": "VaultReady", "status": "True", "reason": "InSync"}]}, "metadata": {"generation": 3}}
+    new_spec = {**failed, "metadata": {"generation": 4}}
+    assert repair_message(ready, wrote) == "rewrote policy p, role r"  # the resync loop
+    assert repair_message(ready, in_sync) is None
+    assert repair_message(failed, wrote, after_failure=True) == "rewrote policy p, role r"
+    assert repair_message(ready, wrote, after_failure=True) is None  # a policy change, not drift
+    assert repair_message(new_spec, wrote, after_failure=True) is None
+    assert repair_message({"metadata": {"generation": 1}}, wrote, after_failure=True) is None  # new model
