@@ -162,16 +162,24 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig),
                "VAULT_ADDR": self.localenv.vault_addr}
         env.pop("VAULT_TOKEN", None)
-        cmd = [sys.executable, "-m", "mlsec", "run", "--metrics-port", str(self.metrics_port),
-               "--health-port", str(self.health_port), "--audit-file", str(self.audit_file),
-               "--bind-address", "127.0.0.1", *self.extra]
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        log.close()
-        OperatorProcess.running.add(self)
-        procs.wait_for("operator", self.healthy, 60, self.proc.pid, self.log_file)
-        return self
+        for attempt in range(3):
+            log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+            cmd = [sys.executable, "-m", "mlsec", "run", "--metrics-port", str(self.metrics_port),
+                   "--health-port", str(self.health_port), "--audit-file", str(self.audit_file),
+                   "--bind-address", "127.0.0.1", *self.extra]
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+            log.close()
+            OperatorProcess.running.add(self)
+            try:
+                procs.wait_for("operator", self.healthy, 60, self.proc.pid, self.log_file)
+                return self
+            except RuntimeError as e:
+                # Another process took a port between our pick and the operator's bind.
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.metrics_port, self.health_port = procs.free_port(), procs.free_port()
+        raise AssertionError("unreachable")
 
     def healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.health_port}/healthz"
