@@ -79,6 +79,9 @@ def dump_objects(op: c.Operator, label: str) -> None:
             time.sleep(1)
         if path.exists():
             path.replace(path.with_name(f"{path.name}.{label}"))
+            snapshot = path.with_name(f"{path.name}.snapshot")  # tracemalloc's, to compare levels
+            if snapshot.exists():
+                snapshot.replace(path.with_name(f"{path.name}.{label}.snapshot"))
             c.say(f"what holds the operator's memory at {label}: {path.name}.{label}")
 
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from mlsec.api.deployment import ModelDeploymentSpec, ModelDeploymentStatus
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -28,10 +31,11 @@ class ModelRecord:
     uid: str
     resource_version: str  # of the event it came from: writes based on the record test it
     generation: int
-    # Spec and status subset as compact JSON: ~0.8 KB a model instead of ~5 KiB of dicts; parsed
+    # Spec and status subset as compact JSON, deflated against a dictionary of the schema's
+    # words: ~0.2 KB a model instead of ~0.8 KB of JSON or ~5 KiB of dicts; inflated and parsed
     # when read (a few microseconds; the readers read one namespace at a time).
-    spec_json: bytes
-    status_json: bytes  # the subset the Reports read
+    spec_packed: bytes
+    status_packed: bytes  # the subset the Reports read
     deleting: bool
     finalizers: tuple[str, ...]
     uses_vault: bool  # by spec, or by status (Vault objects were written for it)
@@ -39,11 +43,11 @@ class ModelRecord:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return dict(json.loads(self.spec_json))
+        return dict(_unpack(self.spec_packed))
 
     @property
     def status(self) -> dict[str, Any]:
-        return dict(json.loads(self.status_json))
+        return dict(_unpack(self.status_packed))
 
 
 def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]], dict[str, Any]],
@@ -55,8 +59,8 @@ def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]
         uid=sys.intern(str(meta.get("uid") or "")),
         resource_version=str(meta.get("resourceVersion") or ""),
         generation=int(meta.get("generation") or 0),
-        spec_json=_compact(body.get("spec") or {}),
-        status_json=_compact(status_of(body.get("status") or {})),
+        spec_packed=_pack(body.get("spec") or {}),
+        status_packed=_pack(status_of(body.get("status") or {})),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
         uses_vault=uses_vault(body),
@@ -64,8 +68,43 @@ def record_of(body: Mapping[str, Any], *, status_of: Callable[[Mapping[str, Any]
     )
 
 
-def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+def _schema_words() -> bytes:
+    """A preset dictionary for deflate: the property names and enum values of the spec and
+    status schemas, as they appear in compact JSON. Deflate finds in it what a lone record of a
+    few hundred bytes cannot find in itself (0.33 KB of a sample spec: 0.23 KB deflated alone,
+    0.07 with the dictionary). Only this process reads what it packed, so the dictionary may
+    change with the schema."""
+    words: dict[str, None] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in node.get("properties") or {}:
+                words[f'"{key}":'] = None
+            for value in node.get("enum") or ():
+                words[json.dumps(value)] = None
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    for model in (ModelDeploymentSpec, ModelDeploymentStatus):
+        walk(model.model_json_schema(by_alias=True))
+    return ",".join([*words, '"cpu":"', '"memory":"', '@sha256:']).encode()
+
+
+_DICTIONARY = _schema_words()
+
+
+def _pack(value: Any) -> bytes:
+    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, _DICTIONARY)
+    return deflate.compress(raw) + deflate.flush()
+
+
+def _unpack(packed: bytes) -> Any:
+    inflate = zlib.decompressobj(-15, _DICTIONARY)
+    return json.loads(inflate.decompress(packed) + inflate.flush())
 
 
 def needs_reconcile(old: ModelRecord | None, new: ModelRecord | None) -> bool:

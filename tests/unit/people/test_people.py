@@ -250,3 +250,29 @@ def test_the_sync_reads_a_compact_body_of_each_model() -> None:
     full, small = ModelDeployment.model_validate(body), ModelDeployment.model_validate(compact)
     assert small.spec == full.spec and small.metadata.namespace == "radiology"
     assert small.status is not None and full.status is not None and small.status.stage == full.status.stage
+
+
+def test_events_wake_the_sync_only_when_what_it_reads_changed_and_deletions_leave_nothing() -> None:
+    def event(stage: str, *, secrets: list[dict[str, str]] | None = None, replicas: int = 1,
+              deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "m", "namespace": "ns-people"}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-04T00:00:00Z"
+        return {"metadata": meta, "spec": {"stage": stage, "replicas": replicas,
+                                           "secrets": secrets or []}}
+
+    def woke(body: dict[str, Any], type_: str | None = "MODIFIED") -> bool:
+        step._wake.clear()
+        step._observe("ModelDeployment", body, type_)
+        return step._wake.is_set()
+
+    step._fingerprints.clear()
+    kv = [{"name": "a", "path": "secret/data/ml-models/m"}]
+    assert woke(event("staging", secrets=kv))  # first sight
+    assert not woke(event("staging", secrets=kv, replicas=3))  # nothing the sync reads
+    assert woke(event("production", secrets=kv))
+    assert woke(event("production"))  # its kv paths went
+    assert woke(event("production", deleting=True))
+    assert step._fingerprints == {"ModelDeployment": {}}  # nothing kept of it, not even its namespace
+    assert not woke(event("production"), "DELETED")  # already forgotten
+    assert step._fingerprints == {"ModelDeployment": {}}

@@ -361,3 +361,19 @@ def test_counts_by_rule() -> None:
     assert counts[(rb.RULE_REQUIRE_DIGEST, "pass")] == 1
     assert counts[(rb.RULE_REQUIRE_DIGEST, "fail")] == 1
     assert counts[(rb.RULE_LDAP_SYNC, "pass")] == 1
+
+
+def test_kept_stamps_are_the_reports_and_a_wild_timestamp_is_stamped_anew() -> None:
+    models = [model("a"), model("b", image="registry.hospital.com/ml/b:1")]
+    served = json.loads(json.dumps(build(models=models)))
+    served["results"][0]["timestamp"] = {"seconds": 1_700_000_000, "nanos": 123}
+    served["results"][1]["timestamp"] = {"seconds": 1 << 70, "nanos": 0}  # no int64: dropped
+    kept = rb.seen(served)
+    assert kept is not None and isinstance(kept.packed_stamps, bytes)
+    first_key = hash(rb._result_key(served["results"][0]))
+    assert kept.stamps[first_key] == (hash(rb._outcome(served["results"][0])), 1_700_000_000, 123)
+    assert hash(rb._result_key(served["results"][1])) not in kept.stamps
+    assert len(kept.stamps) == len(served["results"]) - 1
+    later = build(models=models, previous=kept, now=NOW + timedelta(minutes=5))
+    assert later["results"][0]["timestamp"] == {"seconds": 1_700_000_000, "nanos": 123}
+    assert later["results"][1]["timestamp"]["seconds"] == int((NOW + timedelta(minutes=5)).timestamp())
