@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -75,7 +76,8 @@ def seen(type_: str | None, body: dict[str, Any]) -> None:
     """A model's watch event (in its watch thread): keep its record, tell whoever depends on it,
     queue it if it is work."""
     meta = body.get("metadata") or {}
-    key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+    # Interned: the store, the queue and what is observed of the children share one string.
+    key = (sys.intern(str(meta.get("namespace") or "")), sys.intern(str(meta.get("name") or "")))
     if type_ == "DELETED":
         STORE.remove(key)
         _fresh.discard(key)
