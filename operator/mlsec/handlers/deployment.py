@@ -37,7 +37,7 @@ from mlsec.clients.kube import FIELD_MANAGER, KubeError, resource_of, transport_
 from mlsec.clients.rest import Transport
 from mlsec.clients.watch import ListWatch
 from mlsec.gate import Decision
-from mlsec.handlers import context, leader, observed, policy, promotion, settings
+from mlsec.handlers import allocator, context, leader, observed, policy, promotion, settings
 from mlsec.handlers import vault as vault_step
 from mlsec.handlers.metrics import WRITES, observe
 from mlsec.handlers.status import write_status
@@ -360,9 +360,12 @@ def child_watches(transport: Transport, namespaces: list[str]) -> list[ListWatch
     """One list+watch per child kind and watched namespace (or the whole cluster), label-selected
     by the API server. No leader filter: every replica keeps its view of the children current."""
     scopes: list[str | None] = list(namespaces) or [None]
-    return [ListWatch(transport, api_version, kind, resource_of(api_version, kind).path(ns),
-                      CHILD_SELECTOR, _child_seen)
-            for api_version, kind in CHILD_KINDS for ns in scopes]
+    watches = [ListWatch(transport, api_version, kind, resource_of(api_version, kind).path(ns),
+                         CHILD_SELECTOR, _child_seen)
+               for api_version, kind in CHILD_KINDS for ns in scopes]
+    for w in watches:
+        w.on_listed = allocator.request_trim  # the pages of the listing are garbage now
+    return watches
 
 
 def children_listed(timeout: float) -> bool:

@@ -182,7 +182,7 @@ def queue_all(_indexes: dict[str, Any] | None = None) -> None:
 
 
 QUEUE: WorkQueue[Key] = WorkQueue(process, workers=WORKERS, name="mlsec-reconcile")
-QUEUE.on_idle = allocator.trim  # a burst (a restart's resume pass, a bulk create) is over
+QUEUE.on_idle = allocator.request_trim  # a burst (a restart's resume pass, a bulk create) is over
 policy.ON_POLICY_CHANGE.append(queue_namespace)
 promotion.ON_DECISIONS_CHANGED.append(queue_namespace)
 leader.ON_ELECTED.append(queue_all)
@@ -194,6 +194,7 @@ def model_watches(transport: Transport, namespaces: list[str]) -> list[ListWatch
     watches = [ListWatch(transport, API, KIND, resource_of(API, KIND).path(ns), "", seen) for ns in scopes]
 
     def listed() -> None:
+        allocator.request_trim()  # the pages of the listing are garbage now
         if all(w.listed.is_set() for w in watches):
             STORE.listed.set()
 

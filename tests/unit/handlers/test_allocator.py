@@ -64,3 +64,19 @@ def test_trim_runs_at_most_once_per_interval() -> None:
 def test_one_trimmer_per_process() -> None:
     first = allocator.start_trimmer(period=3600)
     assert allocator.start_trimmer(period=3600) is first and first.is_alive() and first.daemon
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+def test_a_trim_asked_for_too_soon_is_deferred_to_the_interval_end_not_dropped() -> None:
+    import time
+
+    allocator.start_trimmer(period=3600)  # the periodic trims never come during this test
+    recent = time.monotonic() - (allocator.MIN_TRIM_INTERVAL - 1.0)
+    allocator._last_trim = recent  # a trim a moment ago: the next may come in a second
+    allocator.request_trim()
+    time.sleep(0.3)
+    assert allocator._last_trim == recent  # not yet: the interval holds
+    deadline = time.monotonic() + 5
+    while allocator._last_trim == recent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert allocator._last_trim > recent  # it ran once the interval was over
