@@ -39,11 +39,12 @@ def free_port() -> int:
     child exits with EADDRINUSE (it failed a CI run once)."""
     high = _ephemeral_low() - 1
     low = max(1024, high - 16383)
-    for _ in range(200) if high - low > 1000 else ():
-        port = random.randint(low, high)
-        if port not in _handed_out and _bindable(port):
-            _handed_out.add(port)
-            return port
+    if high - low > 1000:  # room below the range (there is, unless ip_local_port_range starts low)
+        for _ in range(200):
+            port = random.randint(low, high)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
