@@ -157,8 +157,9 @@ class Lean:
 
 
 class Bench:
-    def __init__(self, env: local.LocalEnv, workdir: Path, n: int, rounds: int) -> None:
-        self.env, self.workdir, self.n, self.rounds = env, workdir, n, rounds
+    def __init__(self, env: local.LocalEnv, workdir: Path, n: int, rounds: int,
+                 only: str = "") -> None:
+        self.env, self.workdir, self.n, self.rounds, self.only = env, workdir, n, rounds, only
         cfg = yaml.safe_load(env.kubeconfig.read_text())
         self.server = cfg["clusters"][0]["cluster"]["server"]
         self.api_ca = base64.b64decode(cfg["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
@@ -326,6 +327,8 @@ class Bench:
             self.kubectl("apply", "-f", "-", input=yaml.safe_dump(model(gate_ns, "bench")))
             time.sleep(2)  # the operator's indexes see the policy and the model
             results += asyncio.run(self.direct(gate_ns))
+            if self.only == "direct":
+                return results
             # api_ns has no policy: the operator's reconcile of the new objects stays cheap.
             results.append(asyncio.run(self.creates(api_ns, "API create, with the webhooks")))
             configs = [yaml.safe_load(self.kubectl("get", kind, "mlsec.io", "-o", "yaml"))
@@ -397,13 +400,15 @@ def main() -> int:
                         help="a running local environment (mlsec local up --dir …)")
     parser.add_argument("-n", type=int, default=100, help="requests sent at once (default 100)")
     parser.add_argument("--rounds", type=int, default=5, help="bursts per series (default 5)")
+    parser.add_argument("--only", choices=["direct"], default="",
+                        help="only the direct series (the operator's own CPU, quick A/B runs)")
     args = parser.parse_args()
     if not args.dir:
         raise SystemExit("--dir (or $MLSEC_LOCAL_DIR): a running `mlsec local up` environment")
     env = local.LocalEnv.load(Path(args.dir))
     env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     with tempfile.TemporaryDirectory(prefix="mlsec-bench-") as tmp:
-        results = Bench(env, Path(tmp), args.n, args.rounds).run()
+        results = Bench(env, Path(tmp), args.n, args.rounds, args.only).run()
     load = os.getloadavg()[0]
     print(f"\nAdmission webhook latency: {args.rounds} bursts of {args.n} concurrent requests per series "
           f"({os.cpu_count()} CPUs, load average {load:.1f})")
@@ -414,6 +419,10 @@ def main() -> int:
               f"{r['mean_ms']:>9}{r['max_ms']:>9}{r.get('operator_cpu_ms_per_request', '-'):>15}"
               f"{r.get('client_cpu_ms_per_request', '-'):>12}")
     by = {r["series"]: r for r in results}
+    if args.only:
+        print(json.dumps({"benchmark": "webhook_latency", "concurrency": args.n, "rounds": args.rounds,
+                          "load_average": round(load, 1), "results": results}))
+        return 0
     without = by["API create, no webhooks"]
 
     def over(series: str) -> dict[str, float]:

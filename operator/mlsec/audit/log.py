@@ -16,7 +16,7 @@ from typing import Any, Literal, TextIO
 
 from mlsec.audit.chain import GENESIS_HASH, canonical_line, line_hash
 from mlsec.audit.events import Action, Actor, Context, EventType, Resource, Result
-from mlsec.audit.redact import redact
+from mlsec.audit.redact import redact, redact_text
 
 Sink = TextIO | logging.Logger | Literal["stdout"] | None
 _TAIL_CHUNK = 64 * 1024
@@ -29,6 +29,10 @@ class AuditChainError(Exception):
 def rfc3339_ms(moment: datetime) -> str:
     # isoformat, not strftime: a third of the cost, on every audit record.
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def _value(value: Any) -> Any:
+    return redact_text(value) if type(value) is str else None if value is None else redact(value)
 
 
 def _utcnow() -> datetime:
@@ -84,20 +88,20 @@ class AuditLog:
         """Append one record and return it as written (redacted, with seq and prev_hash)."""
         actor, resource = actor or Actor(), resource or Resource()
         action, result, context = action or Action(), result or Result(), context or Context()
-        body: dict[str, Any] = redact(
-            {
-                "event_type": EventType(event_type).value,
-                "actor": {
-                    "user_id": actor.user_id,
-                    "groups": list(actor.groups),
-                    "service_account": actor.service_account,
-                },
-                "resource": vars(resource),
-                "action": {"type": action.type, "details": dict(action.details)},
-                "result": vars(result),
-                "context": vars(context),
-            }
-        )
+        # The sections' own keys are the schema's (none names a secret): only their values are
+        # redacted, and the free-form details whole (every promotion decision is a record).
+        body: dict[str, Any] = {
+            "event_type": (event_type if isinstance(event_type, EventType) else EventType(event_type)).value,
+            "actor": {
+                "user_id": _value(actor.user_id),
+                "groups": [_value(g) for g in actor.groups],
+                "service_account": _value(actor.service_account),
+            },
+            "resource": {k: _value(v) for k, v in vars(resource).items()},
+            "action": {"type": _value(action.type), "details": redact(dict(action.details))},
+            "result": {k: _value(v) for k, v in vars(result).items()},
+            "context": {k: _value(v) for k, v in vars(context).items()},
+        }
         with self._lock:
             if self.path is not None and self._fd is None:
                 raise AuditChainError(f"audit log {self.path} is closed")

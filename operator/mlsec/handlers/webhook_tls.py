@@ -9,7 +9,9 @@ replica would advertise its own CA and the API server could verify only one of t
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
+import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,7 +48,8 @@ def split_hosts(hosts: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 def generate(hosts: Iterable[str], directory: Path | None = None, days: int = 365) -> ServingCert:
     """A new CA and a serving certificate for ``hosts`` (names and IPs), written (key 0600) to
-    ``directory`` or a private temporary directory. The CA key is never written."""
+    ``directory`` or a private temporary directory, removed when the process exits (each start
+    makes a new key: none is left behind). The CA key is never written."""
     dns, ips = split_hosts(hosts)
     if not dns and not ips:
         raise ValueError("the webhook certificate needs at least one host name or IP address")
@@ -54,7 +57,11 @@ def generate(hosts: Iterable[str], directory: Path | None = None, days: int = 36
 
     ca = pki.make_ca("mlsec-webhook-ca", days=days)
     serving = pki.issue(ca, (dns or ips)[0], dns_names=dns, ips=ips, days=days)
-    target = directory or Path(tempfile.mkdtemp(prefix="mlsec-webhook-"))
+    if directory is None:
+        target = Path(tempfile.mkdtemp(prefix="mlsec-webhook-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
+    else:
+        target = directory
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     certfile, keyfile = target / CERT_FILE, target / KEY_FILE
     serving.write(certfile, keyfile)

@@ -304,3 +304,42 @@ def test_a_handler_naming_an_unknown_argument_is_refused_at_registration() -> No
     for name in dispatch.ARGUMENTS:
         exec(f"async def h({name}): pass", globals())
         assert dispatch.Route.of(globals()["h"], ["CREATE"]).params == {name}
+
+
+def test_the_server_parses_and_answers_our_hooks_itself() -> None:
+    """Our routes skip kopf's request copies; a body that is not JSON is a 400, as with kopf; any
+    other hook still goes through kopf's own ``_serve`` (which passes the headers and peer)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    server = webhook.Server(routes=admission.ROUTES)
+
+    async def traced(review: Any, *, webhook: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        if review.get("broken"):
+            raise engine.WebhookError("not an AdmissionReview")
+        return {"hook": webhook, "review": review, "kopf_kwargs": sorted(kwargs)}
+
+    async def main() -> list[tuple[int, Any]]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await server._serve(traced, request)  # type: ignore[no-any-return]
+
+        app = web.Application()
+        app.add_routes([web.post("/{id:.*}", serve)])
+        out = []
+        async with TestClient(TestServer(app)) as client:
+            for hook, data in (("deployment-gate", '{"uid": "é"}'.encode()),
+                               ("deployment-gate", b'{"uid": '),
+                               ("approval-stamp", b"\xff\xfe"),
+                               ("approval-stamp", b'{"broken": true}'),
+                               ("someone-elses-hook", b'{"uid": "x"}')):
+                resp = await client.post(f"/{hook}", data=data)
+                out.append((resp.status, await resp.json() if resp.status == 200 else None))
+                if resp.status == 200:
+                    assert resp.content_type == "application/json"
+        return out
+
+    answers = asyncio.run(main())
+    assert answers[0] == (200, {"hook": "deployment-gate", "review": {"uid": "é"}, "kopf_kwargs": []})
+    assert [status for status, _ in answers[1:4]] == [400, 400, 400]
+    assert answers[4] == (200, {"hook": "someone-elses-hook", "review": {"uid": "x"},
+                                "kopf_kwargs": ["headers", "sslpeer"]})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,14 @@ def test_generated_certificate_serves_the_given_names(tmp_path: Path) -> None:
         _handshake(cert, name)
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(cert, "elsewhere.example.com")
+
+
+def test_a_generated_key_in_a_temporary_directory_goes_with_the_process() -> None:
+    script = ("from mlsec.handlers import webhook_tls; "
+              "print(webhook_tls.generate(['localhost']).keyfile.parent)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    directory = Path(out.stdout.strip())
+    assert directory.name.startswith("mlsec-webhook-") and not directory.exists()
 
 
 def test_provided_certificate_directory(tmp_path: Path) -> None:
