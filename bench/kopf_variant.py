@@ -236,6 +236,18 @@ def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
                 holders_of[where] += 1
     lines += ["", "dicts by what refers to them:"]
     lines += [f"{n:9d} {k}" for k, n in holders_of.most_common(20)]
+    set_holders: Counter[str] = Counter()  # sets (their tables are large): who holds them, and what
+    set_bytes: Counter[str] = Counter()
+    for o in gc.get_objects():
+        for r in gc.get_referents(o):
+            if type(r) in (set, frozenset) and sys.getsizeof(r) > 512:
+                where = f"{type(o).__qualname__} {_brief(o)[:60]} → {type(r).__name__} of " \
+                        f"{type(next(iter(r), None)).__name__}"
+                set_holders[where] += 1
+                set_bytes[where] += sys.getsizeof(r)
+    lines += ["", "sets over 512 bytes by what refers to them:"]
+    lines += [f"{set_bytes[k] / 2**20:9.2f} MiB {n:9d} {k}" for k, n in set_bytes.most_common(15)
+              for n in [set_holders[k]]]
     probe = os.environ.get("MLSEC_BENCH_PROBE_KEY")  # e.g. dataClassification: who holds such dicts
     if probe:
         sample = next((o for o in gc.get_objects() if type(o) is dict and probe in o), None)
