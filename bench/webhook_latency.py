@@ -259,14 +259,18 @@ class Bench:
         try:
             for name, (path, make) in series.items():
                 await lean.burst(path, [json.dumps(make(i)).encode() for i in range(self.n)])  # warm-up
-                samples, failures = [], 0
+                samples, failures, rounds = [], 0, []
                 cpu0, client0 = self.cpu(), time.process_time()
                 for _ in range(self.rounds):
                     got, bad = await lean.burst(path, [json.dumps(make(i)).encode() for i in range(self.n)])
                     samples += got
                     failures += bad
+                    rounds.append(round(pct(got, 99) * 1000, 1) if got else None)
                 out.append(summary(name, samples, failures, self.cpu() - cpu0,
                                    time.process_time() - client0))
+                # The goal's figure is the p99 of all samples; each round's own shows whether a
+                # miss is every burst or one that met a busy moment of the shared machine.
+                out[-1]["round_p99_ms"] = rounds
         finally:
             lean.close()
         return out
@@ -418,6 +422,9 @@ def main() -> int:
         print(f"{r['series']:<50}{r['n']:>6}{r['failures']:>6}{r['p50_ms']:>9}{r['p99_ms']:>9}"
               f"{r['mean_ms']:>9}{r['max_ms']:>9}{r.get('operator_cpu_ms_per_request', '-'):>15}"
               f"{r.get('client_cpu_ms_per_request', '-'):>12}")
+    for r in results:
+        if "round_p99_ms" in r:
+            print(f"  {r['series']}: p99 of each burst {r['round_p99_ms']} ms")
     by = {r["series"]: r for r in results}
     if args.only:
         print(json.dumps({"benchmark": "webhook_latency", "concurrency": args.n, "rounds": args.rounds,
