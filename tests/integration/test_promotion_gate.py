@@ -23,7 +23,9 @@ import kubernetes
 import pytest
 import yaml
 
+from mlsec.api.ledger import unpack_releases
 from mlsec.handlers import webhook
+from mlsec.handlers.promotion import EXPIRY_INTERVAL
 from mlsec.local import env as local
 
 from . import resources as r
@@ -83,6 +85,7 @@ def expiring(gate_operator: OperatorProcess, localenv: local.LocalEnv,
     approved_at = time.time()
     g.counted(g.approve("carol", "ttl"))
     g.counted(g.approve("dave", "ttl"))
+    wait_until(lambda: "ttl" in _ledger_releases(g), timeout=30, what="the ledger lists ttl's release")
     yield g, approved_at
     g.delete_namespace()
 
@@ -417,12 +420,21 @@ def test_audit_enforcement_warns_and_records(
         g.delete_namespace()
 
 
+def _ledger_releases(g: Gate) -> dict[str, Any]:
+    ledger = g.admin.get(r.API, "PromotionLedger", g.ns, "promotion-ledger") or {}
+    return unpack_releases(str((ledger.get("spec") or {}).get("releases") or ""))
+
+
 def test_expired_approvals_do_not_count(expiring: tuple[Gate, float]) -> None:
+    """In the webhook's decision at once, and in the ledger (the native gate's input) by the
+    operator's expiry pass (every EXPIRY_INTERVAL seconds: the API server's CEL has no clock)."""
     g, approved_at = expiring
     time.sleep(max(0.0, approved_at + 61 - time.time()))
     err = g.refused(lambda: g.change("bob", "ttl", stage="production"))
     assert f"promotion of ttl version 3 to production: {PHI_RULES}; have 0" in err.message
     assert "by carol: expired at" in err.message and "by dave: expired at" in err.message
+    wait_until(lambda: "ttl" not in _ledger_releases(g), timeout=EXPIRY_INTERVAL + 15,
+               what="the expired release dropped from the ledger")
 
 
 def test_the_gate_fails_closed_when_the_operator_is_down(gate: Gate, gate_operator: OperatorProcess) -> None:

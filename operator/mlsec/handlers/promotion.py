@@ -2,12 +2,14 @@
 
 The ledger (a PromotionLedger named ``promotion-ledger`` per namespace, written only by the
 operator) is what the API server's ValidatingAdmissionPolicy checks, so the gate holds while the
-operator is down. It is recomputed when approvals, models or the policy change, and by a timer
-that drops expired approvals (bound: :data:`EXPIRY_INTERVAL` seconds).
+operator is down. It is recomputed when approvals, models or the policy change, and by one loop
+for all namespaces that drops expired approvals (every :data:`EXPIRY_INTERVAL` seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -260,21 +262,53 @@ def _notify(namespace: str, indexes: dict[str, Any]) -> None:
 
 @kopf.on.event(GROUP, VERSION, "modelapprovals", when=leader.leading)
 def approval_event(type: str | None, namespace: str, **kwargs: Any) -> None:
-    if type is None:  # initial listing: the timer and the models' resume handle it
+    if type is None:  # initial listing: the expiry loop and the models' resume handle it
         return
     refresh(namespace, kwargs)
     _notify(namespace, kwargs)
 
 
-@kopf.timer(GROUP, VERSION, "mlsecuritypolicies", interval=EXPIRY_INTERVAL, initial_delay=5)
-def expire_approvals(namespace: str, **kwargs: Any) -> None:
+def expire_approvals(namespace: str, indexes: dict[str, Any]) -> None:
     """Approvals expire by the clock, which the API server's CEL cannot read: re-evaluate."""
-    if not leader.leading():
-        return
-    before = dict(_written)
-    refresh(namespace, kwargs)
-    if before.get(namespace) != _written.get(namespace):
-        _notify(namespace, kwargs)
+    before = _written.get(namespace)
+    refresh(namespace, indexes)
+    if before != _written.get(namespace):
+        _notify(namespace, indexes)
+
+
+# One loop for every namespace rather than a kopf timer per policy: each timer is a task with its
+# handler state and keeps the policy's last body, ~20 KiB a namespace (bench/README.md, ninth run).
+async def _expiry_loop(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if not leader.leading():
+            continue
+        indexes = leader.indexes()
+        for namespace in sorted(indexes.get("policies_by_namespace") or ()):  # read in the loop
+            try:
+                await asyncio.to_thread(expire_approvals, namespace, indexes)
+            except Exception:
+                log.exception("re-evaluating the approvals of %s failed", namespace)
+
+
+_expiry_task: asyncio.Task[None] | None = None
+
+
+@kopf.on.startup()
+async def start_expiry(**_: Any) -> None:
+    global _expiry_task
+    if _expiry_task is None:
+        _expiry_task = asyncio.get_running_loop().create_task(_expiry_loop(EXPIRY_INTERVAL))
+
+
+@kopf.on.cleanup()
+async def stop_expiry(**_: Any) -> None:
+    global _expiry_task
+    if _expiry_task is not None:
+        _expiry_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _expiry_task
+        _expiry_task = None
 
 
 def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:

@@ -1,0 +1,55 @@
+"""Expired approvals leave the ledgers through one operator-wide loop, not a kopf timer per policy
+(each timer a task, its handler state and the policy's kept body)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import kopf
+import pytest
+
+from mlsec.handlers import promotion
+
+
+def test_the_loop_re_evaluates_every_namespace_with_a_policy_while_leading(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    leading = [False]
+    policies = {"radiology": [("t", "default", 1, {}, "u1")], "oncology": [("t", "default", 1, {}, "u2")]}
+    monkeypatch.setattr(promotion.leader, "leading", lambda: leading[0])
+    monkeypatch.setattr(promotion.leader, "indexes", lambda: {"policies_by_namespace": policies})
+    calls: list[str] = []
+
+    def expire(namespace: str, indexes: dict[str, Any]) -> None:
+        calls.append(namespace)
+        if namespace == "oncology":
+            raise RuntimeError("the API server is away")  # logged; the next pass tries again
+
+    monkeypatch.setattr(promotion, "expire_approvals", expire)
+
+    async def passes(n: int) -> None:
+        task = asyncio.get_running_loop().create_task(promotion._expiry_loop(0.01))
+        while len(calls) < n:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def idle() -> None:
+        task = asyncio.get_running_loop().create_task(promotion._expiry_loop(0.01))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(idle())
+    assert calls == []  # not the leader: nothing
+    leading[0] = True
+    asyncio.run(asyncio.wait_for(passes(4), 5))
+    assert calls[:4] == ["oncology", "radiology", "oncology", "radiology"]
+
+
+def test_no_timer_per_policy_for_expiry() -> None:
+    spawning = kopf.get_default_registry()._spawning.get_all_handlers()
+    assert not [h for h in spawning if "expire" in str(h.id)]
