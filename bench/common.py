@@ -389,6 +389,7 @@ class Operator:
     workdir: Path
     extra: tuple[str, ...] = ()
     kopf: str = ""  # kopf settings to override (bench.kopf_variant), e.g. "execution.max_workers=32"
+    environ: dict[str, str] = field(default_factory=dict)  # for the operator process only
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=procs.free_port)
     health_port: int = field(default_factory=procs.free_port)
@@ -403,6 +404,7 @@ class Operator:
         environ = {**os.environ, "KUBECONFIG": str(kubeconfig), "VAULT_ADDR": self.env.vault_addr}
         environ.pop("VAULT_TOKEN", None)
         environ["MLSEC_BENCH_KOPF"] = self.kopf
+        environ.update(self.environ)
         module = "bench.kopf_variant" if self.kopf or environ.get("MLSEC_BENCH_TRACEMALLOC") \
             or environ.get("MLSEC_BENCH_OBJECTS") else "mlsec"
         cmd = [sys.executable, "-m", module, "run", "--metrics-port", str(self.metrics_port),

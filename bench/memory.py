@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=15.0, help="idle seconds before sampling")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait per level")
     parser.add_argument("--kopf", default="", help="kopf settings to override (bench.kopf_variant)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set in the operator's environment only (e.g. an allocator: "
+                             "LD_PRELOAD=…, PYTHONMALLOC=malloc)")
     args = parser.parse_args(argv)
+    environ = dict(item.split("=", 1) for item in args.operator_env)
     levels = [int(x) for x in args.levels.split(",")]
 
     env = c.load_env(args.dir)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     namespaces: list[str] = []
     watch = c.ReadyWatch(env, lambda: set(namespaces)).start()
-    op = c.Operator(env, workdir / "operator", kopf=args.kopf)
+    op = c.Operator(env, workdir / "operator", kopf=args.kopf, environ=environ)
     rows: list[dict[str, Any]] = []
     have = 0
     try:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds": round(seconds, 1), "phase": "growing", "by_mapping": parts})
         op.stop()
         c.say(f"restarting the operator with {have} models in place")
-        op = c.Operator(env, workdir / "restarted", kopf=args.kopf)
+        op = c.Operator(env, workdir / "restarted", kopf=args.kopf, environ=environ)
         started = time.monotonic()
         op.start()
         took = wait_reconciled(op, have, args.timeout)
