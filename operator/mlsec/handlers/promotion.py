@@ -9,7 +9,6 @@ for all namespaces that drops expired approvals (every :data:`EXPIRY_INTERVAL` s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from mlsec.clients.kube import KubeError
 from mlsec.gate import Decision
 from mlsec.gate.adapt import RoleResolver, approval_of, ledger_spec, release_of, roles_from_groups, rules_of
 from mlsec.gate.rules import evaluate
-from mlsec.handlers import context, leader, model_store, policy
+from mlsec.handlers import context, leader, loops, model_store, policy
 
 API = f"{GROUP}/{VERSION}"
 LEDGER_KIND = "PromotionLedger"
@@ -291,24 +290,7 @@ async def _expiry_loop(interval: float) -> None:
                 log.exception("re-evaluating the approvals of %s failed", namespace)
 
 
-_expiry_task: asyncio.Task[None] | None = None
-
-
-@kopf.on.startup()
-async def start_expiry(**_: Any) -> None:
-    global _expiry_task
-    if _expiry_task is None:
-        _expiry_task = asyncio.get_running_loop().create_task(_expiry_loop(EXPIRY_INTERVAL))
-
-
-@kopf.on.cleanup()
-async def stop_expiry(**_: Any) -> None:
-    global _expiry_task
-    if _expiry_task is not None:
-        _expiry_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await _expiry_task
-        _expiry_task = None
+loops.operator_loop("approval-expiry", lambda: _expiry_loop(EXPIRY_INTERVAL))
 
 
 def _policy_changed(namespace: str, kwargs: dict[str, Any]) -> None:

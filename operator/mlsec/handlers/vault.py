@@ -19,7 +19,6 @@ Nothing secret (tokens, JWTs, secret values) enters a message, event, status or 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -49,7 +48,7 @@ from mlsec.clients.vault import (
     projected_token,
     token_request,
 )
-from mlsec.handlers import context, leader, model_store
+from mlsec.handlers import context, leader, loops, model_store
 from mlsec.handlers import policy as policies
 from mlsec.handlers.settings import CONFIG
 from mlsec.handlers.status import write_status
@@ -459,24 +458,8 @@ async def _resync_loop(interval: float) -> None:
                 log.exception("Vault resync of %s/%s failed", namespace, name)
 
 
-_resync_task: asyncio.Task[None] | None = None
-
-
-@kopf.on.startup()
-async def start_resync(**_: Any) -> None:
-    global _resync_task
-    if CONFIG.vault.resync_seconds > 0 and _resync_task is None:
-        _resync_task = asyncio.get_running_loop().create_task(_resync_loop(CONFIG.vault.resync_seconds))
-
-
-@kopf.on.cleanup()
-async def stop_resync(**_: Any) -> None:
-    global _resync_task
-    if _resync_task is not None:
-        _resync_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await _resync_task
-        _resync_task = None
+loops.operator_loop("vault-resync", lambda: _resync_loop(CONFIG.vault.resync_seconds),
+                    enabled=lambda: CONFIG.vault.resync_seconds > 0)
 
 
 @kopf.on.startup()

@@ -1,5 +1,6 @@
-"""Expired approvals leave the ledgers through one operator-wide loop, not a kopf timer per policy
-(each timer a task, its handler state and the policy's kept body)."""
+"""Operator-wide loops (mlsec.handlers.loops): the approval expiry and the Vault resync run as one
+task each, not as a kopf timer per policy or model (each a task, its handler state and the
+object's kept body)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,33 @@ def test_the_loop_re_evaluates_every_namespace_with_a_policy_while_leading(
 def test_no_timer_per_policy_for_expiry() -> None:
     spawning = kopf.get_default_registry()._spawning.get_all_handlers()
     assert not [h for h in spawning if "expire" in str(h.id)]
+
+
+def test_an_operator_loop_runs_from_start_up_to_clean_up() -> None:
+    from mlsec.handlers import loops, vault  # noqa: F401 - vault registers its resync loop
+
+    runs: list[str] = []
+
+    async def work() -> None:
+        runs.append("started")
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            runs.append("stopped")
+
+    loops.operator_loop("unit-test-loop", work)
+    loops.operator_loop("unit-test-off", work, enabled=lambda: False)
+    handlers = {str(h.id): h.fn for h in kopf.get_default_registry()._activities.get_all_handlers()}
+
+    async def life() -> None:
+        for name in ("unit-test-loop", "unit-test-off"):
+            await handlers[f"{name}-start"]()
+            await handlers[f"{name}-start"]()  # a second start-up call starts nothing more
+        await asyncio.sleep(0.01)
+        assert runs == ["started"]
+        for name in ("unit-test-loop", "unit-test-off"):
+            await handlers[f"{name}-stop"]()
+
+    asyncio.run(life())
+    assert runs == ["started", "stopped"]
+    assert {"approval-expiry-start", "approval-expiry-stop", "vault-resync-start"} <= set(handlers)
