@@ -15,6 +15,9 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 WRITES = Counter("mlsec_api_writes_total", "Objects written to the API server, by kind.", ["kind"])
+WEBHOOK_REQUESTS = Counter("mlsec_webhook_requests_total",
+                           "Admission requests to our webhooks, by HTTP protocol (h2 or http/1.1).",
+                           ["protocol"])
 POLICIES_VALID = Gauge("mlsec_policies_valid", "1 when the namespace's MLSecurityPolicy is valid.",
                        ["namespace", "name"])
 

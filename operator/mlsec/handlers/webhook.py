@@ -10,6 +10,8 @@ a failing or slow operator must never hold up anything outside our API group.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
 import json
 import logging
@@ -26,7 +28,7 @@ from mlsec import GROUP
 from mlsec.clients import discovery
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.handlers import admission_dispatch as dispatch
-from mlsec.handlers import webhook_tls
+from mlsec.handlers import metrics, webhook_h2, webhook_tls
 from mlsec.handlers.settings import OperatorConfig
 
 MANAGED = GROUP  # name of both webhook configurations
@@ -74,8 +76,8 @@ def client_config(config: Mapping[str, Any], service: tuple[str, str, int] | Non
 
 
 class Server(kopf.WebhookServer):
-    """kopf's aiohttp server, plus: our routes served directly (:mod:`admission_dispatch`), the
-    request uid for audit records, and Service references."""
+    """kopf's aiohttp server, plus: our routes served directly (:mod:`admission_dispatch`), over
+    HTTP/2 too (:mod:`webhook_h2`), the request uid for audit records, and Service references."""
 
     def __init__(self, *, service: tuple[str, str, int] | None = None,
                  routes: Mapping[str, dispatch.Route] | None = None, **kwargs: Any) -> None:
@@ -89,7 +91,20 @@ class Server(kopf.WebhookServer):
             # No TLS 1.3 session tickets: the API server's webhook client keeps no session cache,
             # so the two tickets OpenSSL sends after every handshake were work for nothing.
             context.num_tickets = 0
+            context.set_alpn_protocols(webhook_h2.ALPN)
         return cadata, context
+
+    async def _answer(self, fn: Any, webhook: str, raw: bytes) -> bytes:
+        """The JSON answer of our hook ``webhook`` to the request body ``raw`` (both protocols)."""
+        try:
+            review = json.loads(raw)
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise webhook_h2.BadRequest(str(exc)) from None
+        try:
+            response = await fn(review, webhook=webhook)
+        except engine.WebhookError as exc:
+            raise webhook_h2.BadRequest(str(exc)) from None
+        return json.dumps(response, separators=(",", ":")).encode()
 
     async def _serve(self, fn: Any, request: Any) -> Any:  # type: ignore[override]
         """kopf's, for our routes without what they do not use: the request headers copied into a
@@ -97,16 +112,12 @@ class Server(kopf.WebhookServer):
         webhook = request.match_info.get("id")
         if webhook not in self.routes:
             return await kopf.WebhookServer._serve(fn, request)
+        _COUNT_HTTP1()
         try:
-            review = json.loads(await request.read())
-        except ValueError as exc:  # not JSON, or not UTF-8
+            body = await self._answer(fn, webhook, await request.read())
+        except webhook_h2.BadRequest as exc:
             raise web.HTTPBadRequest(reason=str(exc) or None) from None
-        try:
-            response = await fn(review, webhook=webhook)
-        except engine.WebhookError as exc:
-            raise web.HTTPBadRequest(reason=str(exc) or None) from None
-        return web.Response(body=json.dumps(response, separators=(",", ":")).encode(),
-                            content_type="application/json")
+        return web.Response(body=body, content_type="application/json")
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf hands its request function with its indexes bound (functools.partial).
@@ -125,8 +136,65 @@ class Server(kopf.WebhookServer):
             finally:
                 REQUEST_UID.reset(token)
 
-        async for config in super().__call__(traced):
+        async for config in self._listen(traced):
             yield client_config(config, self.service)
+
+    async def _listen(self, fn: Any) -> AsyncIterator[Any]:
+        """kopf's serving loop (``WebhookServer.__call__``: serve, yield the client config, restart
+        when the certificate files change), with one listening socket for both protocols."""
+        prefix = self.path.rstrip("/") if self.path else ""
+
+        async def serve_fn(request: web.Request) -> web.StreamResponse:
+            return await self._serve(fn, request)  # type: ignore[no-any-return]
+
+        async def answer_h2(path: str, raw: bytes) -> bytes:
+            webhook = path.split("?", 1)[0][len(prefix) + 1:] if path.startswith(prefix + "/") else None
+            if webhook is None or webhook not in self.routes:
+                raise webhook_h2.NotFound(path)
+            count_h2()
+            return await self._answer(fn, webhook, raw)
+
+        count_h2 = metrics.WEBHOOK_REQUESTS.labels("h2").inc
+        loop = asyncio.get_running_loop()
+        while True:
+            cadata, context = self._build_ssl()
+            app = web.Application()
+            app.add_routes([web.post(f"{prefix}/{{id:.*}}", serve_fn)])
+            runner = web.AppRunner(app, handle_signals=False)
+            await runner.setup()
+            http1 = runner.server
+            assert http1 is not None
+            h2_connections: set[webhook_h2.H2Protocol] = set()
+
+            def protocol(http1: Any = http1, h2_connections: set[Any] = h2_connections) -> Any:
+                return webhook_h2.Negotiate(http1, lambda: webhook_h2.H2Protocol(
+                    answer_h2, connections=h2_connections))
+
+            server = None
+            try:
+                port = self.port or self._allocate_free_port()
+                server = await loop.create_server(protocol, self.addr or None, port, ssl=context,
+                                                  reuse_port=True, reuse_address=True)
+                schema = "http" if context is None else "https"
+                host = self.host or self.DEFAULT_HOST or self._get_accessible_addr(self.addr)
+                url = self._build_url(schema, host, port, self.path or "")
+                log.debug("accessing the webhooks at %s", url)
+                config: dict[str, Any] = {"url": url}
+                if cadata is not None:
+                    config["caBundle"] = base64.b64encode(cadata).decode("ascii")
+                yield config
+                await self._WebhookServer__sleep_forever_or_until_ssl_files_change()  # type: ignore[attr-defined]
+                log.debug("restarting the webhook server with the renewed certificate files")
+            finally:
+                if server is not None:
+                    server.close()
+                await asyncio.gather(*(c.shutdown(SHUTDOWN_SECONDS) for c in list(h2_connections)))
+                await runner.cleanup()
+
+
+_COUNT_HTTP1 = metrics.WEBHOOK_REQUESTS.labels("http/1.1").inc
+SHUTDOWN_SECONDS = 5.0
+"""How long a stopping server lets the HTTP/2 requests in progress finish."""
 
 
 GATE_HOOK = "deployment-gate"

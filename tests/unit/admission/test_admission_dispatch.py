@@ -242,11 +242,11 @@ def test_the_server_routes_our_hooks_and_leaves_the_rest_to_kopf(monkeypatch: py
     async def main() -> tuple[Any, Any]:
         served: list[Any] = []
 
-        async def fake_super_call(self: Any, traced: Any) -> Any:
+        async def fake_listen(self: Any, traced: Any) -> Any:
             served.append(traced)
             yield {"url": "https://x"}
 
-        monkeypatch.setattr(kopf.WebhookServer, "__call__", fake_super_call)
+        monkeypatch.setattr(webhook.Server, "_listen", fake_listen)
         async for _ in server(fn):
             break
         traced = served[0]

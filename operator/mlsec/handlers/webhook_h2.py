@@ -1,0 +1,307 @@
+"""HTTP/2 for the admission webhooks: the API server's calls share one connection.
+
+kube-apiserver calls a webhook with client-go's transport: HTTP/2 when the server offers it (ALPN),
+else HTTP/1.1 with at most 25 idle connections kept per host. Over HTTP/1.1 a burst of 100
+concurrent writes therefore opened ~75 new TLS connections every time, and each handshake cost
+the operator's event loop ~0.8 ms of CPU, three to five times the review itself
+(``bench/webhook_latency.py``). aiohttp serves HTTP/1.1 only, so the webhook port negotiates:
+``h2`` connections are served here (the ``h2`` library's state machine, our routes only),
+everything else goes to kopf's aiohttp server as before.
+
+Limits: ``MAX_STREAMS`` concurrent requests a connection (the client opens another connection
+beyond them), ``CONNECTION_WINDOW`` bytes in flight, a body of at most ``MAX_BODY`` bytes
+(aiohttp's default for HTTP/1.1); a connection without a request for ``IDLE_SECONDS`` is closed
+(GOAWAY first), as aiohttp closes an idle keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+log = logging.getLogger(__name__)
+
+ALPN = ["h2", "http/1.1"]
+MAX_STREAMS = 128
+MAX_BODY = 1024**2
+CONNECTION_WINDOW = 8 * 1024**2
+"""What a client may send on a connection ahead of our reading it. HTTP/2's default, 64 KiB, is
+~20 AdmissionReviews: a burst would wait for our WINDOW_UPDATEs round trip by round trip."""
+MAX_HEADER_LIST = 64 * 1024
+IDLE_SECONDS = 75.0
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+
+
+class BadRequest(Exception):
+    """The request cannot be an AdmissionReview (HTTP 400)."""
+
+
+class NotFound(Exception):
+    """No webhook of ours at this path (HTTP 404)."""
+
+
+Answer = Callable[[str, bytes], Awaitable[bytes]]
+"""(request path, body) → the response's JSON body; raises :class:`BadRequest` or :class:`NotFound`."""
+
+
+class Negotiate(asyncio.Protocol):
+    """Hands each TLS connection to the protocol its ALPN names: ``h2`` here, else HTTP/1.1."""
+
+    def __init__(self, http1: Callable[[], Any], http2: Callable[[], asyncio.Protocol]) -> None:
+        self.http1, self.http2 = http1, http2
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol = self.http2() if chosen == "h2" else self.http1()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
+class _Stream:
+    __slots__ = ("body", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.body = bytearray()
+
+
+class H2Protocol(asyncio.Protocol):
+    """One HTTP/2 connection: POSTs of AdmissionReviews answered by ``answer``, concurrently."""
+
+    def __init__(self, answer: Answer, *, idle_seconds: float = IDLE_SECONDS, max_body: int = MAX_BODY,
+                 connections: set[H2Protocol] | None = None) -> None:
+        self.answer = answer
+        self.idle_seconds = idle_seconds
+        self.max_body = max_body
+        self.connections = connections if connections is not None else set()
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: max_body,  # a whole body without waiting
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        })
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._window: list[asyncio.Future[None]] = []  # sends waiting for flow-control credit
+        self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
+        self._idle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self.draining = False  # shutting down: new requests are refused (the client retries them)
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connections.add(self)
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
+        self._flush()
+        self._touch()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:  # the library has queued the GOAWAY
+            log.debug("HTTP/2 protocol error from a webhook client: %s", exc)
+            self._flush()
+            self._close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self._request(event)
+            elif isinstance(event, h2.events.DataReceived):
+                self._data(event)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._ended(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                self.streams.pop(event.stream_id, None)  # a running answer finds it closed
+                self._wake_window()
+            elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                self._wake_window()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._flush()
+                self._close()
+                return
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self.transport = None
+        self.streams.clear()
+        if self._idle is not None:
+            self._idle.cancel()
+        self._wake_window()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # --- requests ----------------------------------------------------------------------------
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        headers = dict(event.headers or ())
+        stream_id = event.stream_id
+        if self.draining:
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        method, path = headers.get(b":method"), headers.get(b":path", b"")
+        if method != b"POST":
+            self._send_now(stream_id, 405, b"only POST is served here\n")
+            return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            self._send_now(stream_id, 413, b"request body too large\n")
+            return
+        self.streams[stream_id] = _Stream(path.decode("latin-1"))
+        if event.stream_ended is not None:  # no body at all
+            self._ended(stream_id)
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        # Credit is given back at once: a body is bounded by max_body, not by the window.
+        if event.flow_controlled_length:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        stream.body += event.data or b""
+        if len(stream.body) > self.max_body:
+            del self.streams[event.stream_id]
+            self._send_now(event.stream_id, 413, b"request body too large\n")
+
+    def _ended(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._touch()
+        task = asyncio.get_running_loop().create_task(self._serve(stream_id, stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, stream_id: int, stream: _Stream) -> None:
+        try:
+            status, body, content_type = 200, await self.answer(stream.path, bytes(stream.body)), JSON
+        except BadRequest as exc:
+            status, body, content_type = 400, f"{exc}\n".encode(), TEXT
+        except NotFound:
+            status, body, content_type = 404, b"no such webhook\n", TEXT
+        except Exception:
+            log.exception("admission webhook %s failed (HTTP/2)", stream.path)
+            status, body, content_type = 500, b"internal error\n", TEXT
+        await self._respond(stream_id, status, body, content_type)
+        self._touch()
+
+    # --- responses ---------------------------------------------------------------------------
+    def _headers(self, status: int, body: bytes, content_type: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b":status", str(status).encode()), (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode())]
+
+    def _send_now(self, stream_id: int, status: int, body: bytes) -> None:
+        """A short error answer from a protocol callback; reset if it cannot go out at once."""
+        try:
+            if self.conn.local_flow_control_window(stream_id) >= len(body):
+                self.conn.send_headers(stream_id, self._headers(status, body, TEXT))
+                self.conn.send_data(stream_id, body, end_stream=True)
+            else:
+                self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        except h2.exceptions.ProtocolError:
+            return
+
+    async def _respond(self, stream_id: int, status: int, body: bytes, content_type: bytes) -> None:
+        try:
+            if self._writable is not None:
+                await self._writable  # the client is not reading: do not pile up answers
+            if self.transport is None:
+                return
+            self.conn.send_headers(stream_id, self._headers(status, body, content_type))
+            view = memoryview(body)
+            while True:
+                window = min(self.conn.local_flow_control_window(stream_id),
+                             self.conn.max_outbound_frame_size)
+                if window <= 0 and view:
+                    self._flush()
+                    await self._window_credit()
+                    if self.transport is None:
+                        return
+                    continue
+                chunk = view[:window]
+                view = view[len(chunk):]
+                self.conn.send_data(stream_id, chunk.tobytes(), end_stream=not view)
+                if not view:
+                    break
+        except h2.exceptions.ProtocolError:  # the client reset the stream or left meanwhile
+            return
+        self._flush()
+
+    async def _window_credit(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._window.append(waiter)
+        await waiter
+
+    def _wake_window(self) -> None:
+        waiters, self._window = self._window, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    # --- idle and shutdown -------------------------------------------------------------------
+    def _touch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if self._idle is None:
+            self._idle = loop.call_later(self.idle_seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        if self.transport is None:
+            return
+        idle_for = asyncio.get_running_loop().time() - self._last
+        if self.streams or self.tasks or idle_for < self.idle_seconds:
+            self._idle = asyncio.get_running_loop().call_later(
+                max(0.1, self.idle_seconds - idle_for), self._check_idle)
+            return
+        self.goaway()
+        self._close()
+
+    def goaway(self) -> None:
+        """The connection's end: h2 sends nothing after its GOAWAY, so only once nothing is left
+        to answer (see :meth:`shutdown`)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection()
+        self._flush()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Refuse new requests (REFUSED_STREAM: the client retries them on another connection),
+        let those in progress answer (at most ``timeout`` s), then GOAWAY and close."""
+        self.draining = True
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+        self.goaway()
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,388 @@
+"""The webhook port over HTTP/2 (what kube-apiserver negotiates) and HTTP/1.1, on real TLS sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+from h2.errors import ErrorCodes
+
+from mlsec.handlers import admission, metrics, webhook, webhook_h2, webhook_tls
+from mlsec.handlers import admission_dispatch as dispatch
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> webhook_tls.ServingCert:
+    return webhook_tls.generate(["127.0.0.1", "localhost"], tmp_path_factory.mktemp("tls"))
+
+
+def server_context(cert: webhook_tls.ServingCert) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert.certfile), str(cert.keyfile))
+    ctx.set_alpn_protocols(webhook_h2.ALPN)
+    return ctx
+
+
+def client_context(cert: webhook_tls.ServingCert, alpn: list[str]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=cert.cadata.decode())
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+@dataclass
+class Answer:
+    status: int = 0
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+    reset: int | None = None  # error code of a RST_STREAM
+
+
+class Client:
+    """A minimal HTTP/2 client on one TLS connection (the h2 library's client side)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 window: int | None = None) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                        header_encoding=None))
+        if window is not None:
+            self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.conn.initiate_connection()
+        self.answers: dict[int, Answer] = {}
+        self.pending: dict[int, memoryview] = {}
+        self.done: set[int] = set()
+        self.goaway = False
+        self.settled = False
+        self.credit = True  # give flow-control credit back as data arrives
+
+    @classmethod
+    async def open(cls, port: int, ctx: ssl.SSLContext, window: int | None = None) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        client = cls(reader, writer, window)
+        await client.flush()
+        await client.pump(lambda: client.settled)  # the server's settings and connection window
+        return client
+
+    async def flush(self) -> None:
+        self.writer.write(self.conn.data_to_send())
+        await self.writer.drain()
+
+    def request(self, path: str, body: bytes, method: str = "POST", length: int | None = None) -> int:
+        """``length``: the content-length header to send (default the body's; -1 for none)."""
+        sid = self.conn.get_next_available_stream_id()
+        headers = [(b":method", method.encode()), (b":path", path.encode()), (b":scheme", b"https"),
+                   (b":authority", b"127.0.0.1"), (b"content-type", b"application/json")]
+        length = len(body) if length is None else length
+        if length >= 0:
+            headers.append((b"content-length", str(length).encode()))
+        self.conn.send_headers(sid, headers, end_stream=not body)
+        self.answers[sid] = Answer()
+        if body:
+            self.pending[sid] = memoryview(body)
+            self.send_pending()
+        return sid
+
+    def send_pending(self) -> None:
+        """The bodies' next frames, as far as the server's flow-control windows allow."""
+        for sid, rest in list(self.pending.items()):
+            if sid in self.done:
+                del self.pending[sid]
+                continue
+            while rest:
+                size = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+                if size <= 0:
+                    break
+                chunk, rest = rest[:size], rest[size:]
+                self.conn.send_data(sid, chunk.tobytes(), end_stream=not rest)
+            if rest:
+                self.pending[sid] = rest
+            else:
+                del self.pending[sid]
+
+    async def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> None:
+        async def loop() -> None:
+            while not until():
+                data = await self.reader.read(65536)
+                if not data:
+                    return
+                for event in self.conn.receive_data(data):
+                    self.event(event)
+                self.send_pending()
+                await self.flush()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    def event(self, event: Any) -> None:
+        if isinstance(event, h2.events.WindowUpdated) and event.stream_id == 0:
+            self.settled = True
+        elif isinstance(event, h2.events.ResponseReceived):
+            answer = self.answers[event.stream_id]
+            answer.headers = dict(event.headers)
+            answer.status = int(answer.headers[b":status"])
+        elif isinstance(event, h2.events.DataReceived):
+            self.answers[event.stream_id].body += event.data
+            if self.credit:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            self.done.add(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self.answers[event.stream_id].reset = event.error_code
+            self.done.add(event.stream_id)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = True
+
+    async def exchange(self, *requests: tuple[str, bytes] | tuple[str, bytes, str]) -> list[Answer]:
+        ids = [self.request(*r) for r in requests]
+        await self.flush()
+        await self.pump(lambda: all(i in self.done for i in ids))
+        return [self.answers[i] for i in ids]
+
+
+async def serve_h2(cert: webhook_tls.ServingCert, answer: webhook_h2.Answer,
+                   **options: Any) -> tuple[asyncio.Server, int, set[webhook_h2.H2Protocol]]:
+    connections: set[webhook_h2.H2Protocol] = set()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: webhook_h2.H2Protocol(answer, connections=connections, **options),
+        "127.0.0.1", 0, ssl=server_context(cert))
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(main())
+
+
+# --- the operator's webhook server: both protocols on one port -----------------------------------
+
+
+def test_the_webhook_port_serves_our_hooks_over_http2_and_http1(cert: webhook_tls.ServingCert) -> None:
+    routes = {"deployment-gate": dispatch.Route.of(admission.deployment_gate, ["CREATE", "UPDATE"]),
+              "approval-stamp": dispatch.Route.of(admission.approval_stamp, ["CREATE"])}
+    server = webhook.Server(addr="127.0.0.1", port=0, host="127.0.0.1", routes=routes,
+                            certfile=str(cert.certfile), pkeyfile=str(cert.keyfile), cadata=cert.cadata)
+    seen: list[tuple[str | None, Any]] = []
+
+    async def fn(review: Any, *, webhook: str | None = None, **_: Any) -> dict[str, Any]:
+        seen.append((webhook, review))
+        if review.get("broken"):
+            from kopf._core.engines import admission as engine
+            raise engine.WebhookError("not an AdmissionReview")
+        return {"response": {"uid": review.get("uid"), "allowed": True}}
+
+    h2_before = metrics.WEBHOOK_REQUESTS.labels("h2")._value.get()
+    h1_before = metrics.WEBHOOK_REQUESTS.labels("http/1.1")._value.get()
+
+    async def main() -> tuple[list[Answer], tuple[int, Any]]:
+        gen = server._listen(fn)
+        config = await gen.__anext__()
+        port = int(config["url"].rsplit(":", 1)[1].split("/")[0])
+        client = await Client.open(port, client_context(cert, ["h2", "http/1.1"]))
+        answers = await client.exchange(("/deployment-gate", b'{"uid": "a"}'),
+                                        ("/approval-stamp", b'{"uid": '),
+                                        ("/approval-stamp", b'{"broken": true}'),
+                                        ("/someone-elses-hook", b'{"uid": "x"}'),
+                                        ("/deployment-gate", b"", "GET"))
+        async with aiohttp.ClientSession() as session, session.post(
+                f"https://127.0.0.1:{port}/deployment-gate", data=b'{"uid": "b"}',
+                ssl=client_context(cert, ["http/1.1"])) as resp:
+            h1 = (resp.status, await resp.json())
+        client.writer.close()
+        await gen.aclose()  # the server's clean-up: connections closed, port released
+        return answers, h1
+
+    answers, h1 = run(main)
+    ok, not_json, not_review, unknown, get = answers
+    assert (ok.status, json.loads(ok.body)) == (200, {"response": {"uid": "a", "allowed": True}})
+    assert ok.headers[b"content-type"] == b"application/json"
+    assert ok.headers[b"content-length"] == str(len(ok.body)).encode()
+    assert not_json.status == 400 and b"Expecting value" in not_json.body
+    assert not_review.status == 400 and b"not an AdmissionReview" in not_review.body
+    assert unknown.status == 404
+    assert get.status == 405
+    assert h1 == (200, {"response": {"uid": "b", "allowed": True}})
+    assert seen == [("deployment-gate", {"uid": "a"}), ("approval-stamp", {"broken": True}),
+                    ("deployment-gate", {"uid": "b"})]
+    assert metrics.WEBHOOK_REQUESTS.labels("h2")._value.get() - h2_before == 3  # the POSTs to hooks of ours
+    assert metrics.WEBHOOK_REQUESTS.labels("http/1.1")._value.get() - h1_before == 1
+
+
+# --- the HTTP/2 protocol ---------------------------------------------------------------------------
+
+
+async def echo(path: str, raw: bytes) -> bytes:
+    if path == "/big":
+        return b'"' + b"x" * 100_000 + b'"'
+    return json.dumps({"path": path, "length": len(raw)}).encode()
+
+
+def test_concurrent_requests_share_one_connection(cert: webhook_tls.ServingCert) -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def answer(path: str, raw: bytes) -> bytes:
+        order.append(f"start {path}")
+        if path == "/slow":
+            await release.wait()
+        order.append(f"end {path}")
+        return b"{}"
+
+    async def main() -> list[Answer]:
+        server, port, connections = await serve_h2(cert, answer)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        slow = client.request("/slow", b"{}")
+        await client.flush()
+        fast = await client.exchange(("/fast", b"{}"))  # answered while /slow waits
+        assert slow not in client.done and len(connections) == 1
+        release.set()
+        await client.pump(lambda: slow in client.done)
+        server.close()
+        return [*fast, client.answers[slow]]
+
+    fast, slow = run(main)
+    assert fast.status == slow.status == 200
+    assert order == ["start /slow", "start /fast", "end /fast", "end /slow"]
+
+
+def test_a_large_answer_waits_for_flow_control_credit(cert: webhook_tls.ServingCert) -> None:
+    async def main() -> tuple[Answer, int, Answer]:
+        server, port, _ = await serve_h2(cert, echo)
+        client = await Client.open(port, client_context(cert, ["h2"]), window=1000)
+        client.credit = False
+        sid = client.request("/big", b"{}")
+        await client.flush()
+        await client.pump(lambda: len(client.answers[sid].body) >= 1000, timeout=2)
+        await asyncio.sleep(0.2)
+        stalled = len(client.answers[sid].body)  # the server waits: no more than the window
+        client.credit = True
+        client.conn.increment_flow_control_window(200_000, sid)
+        client.conn.increment_flow_control_window(200_000)
+        await client.flush()
+        await client.pump(lambda: sid in client.done)
+        after = await client.exchange(("/after", b"{}"))  # the connection still serves
+        server.close()
+        return client.answers[sid], stalled, after[0]
+
+    big, stalled, after = run(main)
+    assert stalled == 1000
+    assert big.status == 200 and len(big.body) == 100_002
+    assert after.status == 200
+
+
+def test_an_oversized_body_is_refused_and_the_connection_stays(cert: webhook_tls.ServingCert) -> None:
+    async def main() -> list[Answer]:
+        server, port, _ = await serve_h2(cert, echo, max_body=10_000)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        declared = client.request("/declared", b"x" * 20_000)
+        undeclared = client.request("/undeclared", b"x" * 30_000, length=-1)
+        ok = client.request("/ok", b"{}")
+        await client.flush()
+        await client.pump(lambda: {declared, undeclared, ok} <= client.done)
+        liar = await Client.open(port, client_context(cert, ["h2"]))
+        liar.request("/lies", b"x" * 300, length=100)
+        await liar.flush()
+        await liar.pump(lambda: liar.goaway)  # a protocol error: the connection ends
+        server.close()
+        return [client.answers[i] for i in (declared, undeclared, ok)]
+
+    declared, undeclared, ok = run(main)
+    assert declared.status == 413 and undeclared.status == 413
+    assert ok.status == 200 and json.loads(ok.body) == {"path": "/ok", "length": 2}
+
+
+def test_a_failing_answer_is_a_500_without_details(cert: webhook_tls.ServingCert) -> None:
+    async def broken(path: str, raw: bytes) -> bytes:
+        raise RuntimeError("token=s3cr3t")
+
+    async def main() -> Answer:
+        server, port, _ = await serve_h2(cert, broken)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        (answer,) = await client.exchange(("/x", b"{}"))
+        server.close()
+        return answer
+
+    answer = run(main)
+    assert answer.status == 500 and b"s3cr3t" not in answer.body
+
+
+def test_an_idle_connection_is_closed_with_a_goaway(cert: webhook_tls.ServingCert) -> None:
+    async def main() -> tuple[bool, bytes, int]:
+        server, port, connections = await serve_h2(cert, echo, idle_seconds=0.3)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        await client.exchange(("/one", b"{}"))
+        await client.pump(lambda: client.goaway, timeout=3)
+        rest = await asyncio.wait_for(client.reader.read(), 3)  # then the server closes
+        server.close()
+        return client.goaway, rest, len(connections)
+
+    goaway, rest, open_connections = run(main)
+    assert goaway and rest == b"" and open_connections == 0
+
+
+def test_shutdown_answers_what_is_in_progress_and_refuses_new_requests(
+        cert: webhook_tls.ServingCert) -> None:
+    release = asyncio.Event()
+
+    async def answer(path: str, raw: bytes) -> bytes:
+        if path == "/slow":
+            await release.wait()
+        return b"{}"
+
+    async def main() -> tuple[Answer, Answer, bool]:
+        server, port, connections = await serve_h2(cert, answer)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        slow = client.request("/slow", b"{}")
+        await client.flush()
+        await asyncio.sleep(0.1)
+        (conn,) = connections
+        stopping = asyncio.create_task(conn.shutdown(timeout=5))
+        await asyncio.sleep(0.1)
+        (late,) = await client.exchange(("/late", b"{}"))
+        release.set()
+        await client.pump(lambda: slow in client.done and client.goaway)
+        await stopping
+        server.close()
+        return client.answers[slow], late, client.goaway
+
+    slow, late, goaway = run(main)
+    assert slow.status == 200
+    assert late.reset == ErrorCodes.REFUSED_STREAM  # safe to retry elsewhere
+    assert goaway
+
+
+def test_negotiation_falls_back_to_http1_without_alpn(cert: webhook_tls.ServingCert) -> None:
+    """A client that offers no ALPN (or only http/1.1) gets the HTTP/1.1 protocol."""
+    made: list[str] = []
+
+    class Http1(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append("http/1.1")
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: webhook_h2.Negotiate(Http1, lambda: webhook_h2.H2Protocol(echo)),
+            "127.0.0.1", 0, ssl=server_context(cert))
+        port = server.sockets[0].getsockname()[1]
+        out = []
+        for alpn in ([], ["http/1.1"]):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(cert, alpn))
+            out.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.close()
+        server.close()
+        return out
+
+    assert run(main) == [b"HTTP/1.1 204 No Content\r\n\r\n"] * 2
+    assert made == ["http/1.1", "http/1.1"]
