@@ -66,6 +66,14 @@ class BadReview(ValueError):
     """The AdmissionReview itself is malformed (HTTP 400, as kopf answers)."""
 
 
+class BadRequest(Exception):
+    """The request body cannot be an AdmissionReview (HTTP 400, either protocol)."""
+
+
+class NotFound(Exception):
+    """No webhook of ours at this path (HTTP 404, either protocol)."""
+
+
 def _pointer(path: tuple[str, ...]) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in path)
 

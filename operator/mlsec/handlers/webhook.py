@@ -28,7 +28,7 @@ from mlsec import GROUP
 from mlsec.clients import discovery
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.handlers import admission_dispatch as dispatch
-from mlsec.handlers import metrics, webhook_h2, webhook_tls
+from mlsec.handlers import metrics, webhook_tls
 from mlsec.handlers.settings import OperatorConfig
 
 MANAGED = GROUP  # name of both webhook configurations
@@ -92,7 +92,7 @@ class Server(kopf.WebhookServer):
             # No TLS 1.3 session tickets: the API server's webhook client keeps no session cache,
             # so the two tickets OpenSSL sends after every handshake were work for nothing.
             context.num_tickets = 0
-            context.set_alpn_protocols(webhook_h2.ALPN)
+            context.set_alpn_protocols(ALPN)
         return cadata, context
 
     async def _answer(self, fn: Any, webhook: str, raw: bytes) -> bytes:
@@ -100,11 +100,11 @@ class Server(kopf.WebhookServer):
         try:
             review = json.loads(raw)
         except ValueError as exc:  # not JSON, or not UTF-8
-            raise webhook_h2.BadRequest(str(exc)) from None
+            raise dispatch.BadRequest(str(exc)) from None
         try:
             response = await fn(review, webhook=webhook)
         except engine.WebhookError as exc:
-            raise webhook_h2.BadRequest(str(exc)) from None
+            raise dispatch.BadRequest(str(exc)) from None
         return json.dumps(response, separators=(",", ":")).encode()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
@@ -148,16 +148,18 @@ class Server(kopf.WebhookServer):
             _COUNT_HTTP1()
             try:
                 body = await self._answer(fn, hook, await request.read())
-            except webhook_h2.BadRequest as exc:
+            except dispatch.BadRequest as exc:
                 raise web.HTTPBadRequest(reason=str(exc) or None) from None
             return web.Response(body=body, content_type="application/json")
 
         async def answer_h2(path: str, raw: bytes) -> bytes:
             hook = self._hook(path)
             if hook is None:
-                raise webhook_h2.NotFound(path)
+                raise dispatch.NotFound(path)
             _COUNT_H2()
             return await self._answer(fn, hook, raw)
+
+        from mlsec.handlers import webhook_h2  # h2 costs 1.3 MiB: only operators serving webhooks pay
 
         loop = asyncio.get_running_loop()
         while True:
@@ -193,6 +195,7 @@ class Server(kopf.WebhookServer):
                 await runner.cleanup()
 
 
+ALPN = ["h2", "http/1.1"]  # HTTP/2 preferred: see mlsec.handlers.webhook_h2
 _COUNT_HTTP1 = metrics.WEBHOOK_REQUESTS.labels("http/1.1").inc
 _COUNT_H2 = metrics.WEBHOOK_REQUESTS.labels("h2").inc
 SHUTDOWN_SECONDS = 5.0

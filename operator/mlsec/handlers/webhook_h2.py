@@ -29,9 +29,10 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from mlsec.handlers.admission_dispatch import BadRequest, NotFound
+
 log = logging.getLogger(__name__)
 
-ALPN = ["h2", "http/1.1"]
 MAX_STREAMS = 128
 MAX_BODY = 1024**2
 CONNECTION_WINDOW = 8 * 1024**2
@@ -43,16 +44,9 @@ JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
 
-class BadRequest(Exception):
-    """The request cannot be an AdmissionReview (HTTP 400)."""
-
-
-class NotFound(Exception):
-    """No webhook of ours at this path (HTTP 404)."""
-
-
 Answer = Callable[[str, bytes], Awaitable[bytes]]
-"""(request path, body) → the response's JSON body; raises :class:`BadRequest` or :class:`NotFound`."""
+"""(request path, body) → the response's JSON body; raises :class:`~.admission_dispatch.BadRequest`
+or :class:`~.admission_dispatch.NotFound`."""
 
 
 class Negotiate(asyncio.Protocol):

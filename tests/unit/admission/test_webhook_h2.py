@@ -29,7 +29,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> webhook_tls.ServingCert:
 def server_context(cert: webhook_tls.ServingCert) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert.certfile), str(cert.keyfile))
-    ctx.set_alpn_protocols(webhook_h2.ALPN)
+    ctx.set_alpn_protocols(webhook.ALPN)
     return ctx
 
 
@@ -386,3 +386,17 @@ def test_negotiation_falls_back_to_http1_without_alpn(cert: webhook_tls.ServingC
 
     assert run(main) == [b"HTTP/1.1 204 No Content\r\n\r\n"] * 2
     assert made == ["http/1.1", "http/1.1"]
+
+
+def test_an_operator_without_webhooks_loads_neither_h2_nor_cryptography() -> None:
+    """Memory (bench.memory): h2 is 1.3 MiB and cryptography 7.5 in a running operator."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import importlib, sys; from mlsec.handlers import main; "
+              "[importlib.import_module(m) for m in main.HANDLER_MODULES]; "
+              "print(sorted(m for m in ('h2', 'hpack', 'cryptography') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("MLSEC_")})
+    assert out.stdout.strip() == "[]"
