@@ -161,6 +161,23 @@ def test_webhooks_are_registered_for_mlsec_io_only(gate_operator: OperatorProces
     assert webhook.decide_failure_policy("auto", lambda: webhook.native_policies_served(kube)) == "Ignore"
 
 
+def _webhook_requests(op: OperatorProcess) -> dict[str, float]:
+    found = re.findall(r'^mlsec_webhook_requests_total\{protocol="([^"]+)"\} (\S+)$', op.metrics(), re.M)
+    return {protocol: float(value) for protocol, value in found}
+
+
+def test_the_api_server_calls_the_webhooks_over_http2(gate: Gate, gate_operator: OperatorProcess) -> None:
+    """kube-apiserver negotiates HTTP/2 (ALPN) and sends every call over it: no TLS handshake per
+    call beyond the 25 idle HTTP/1.1 connections it would keep (bench/webhook_latency.py)."""
+    before = _webhook_requests(gate_operator)
+    gate.model("alice", "h2")  # the requester stamp (mutating webhook)
+    err = gate.refused(lambda: gate.change("bob", "h2", stage="production"))  # the gate
+    assert "promotion of h2 version 3 to production: needs" in err.message
+    after = _webhook_requests(gate_operator)
+    assert after["h2"] - before.get("h2", 0) >= 2
+    assert after.get("http/1.1", 0) == before.get("http/1.1", 0)
+
+
 # --- the happy path -------------------------------------------------------------------------------
 
 
@@ -448,19 +465,3 @@ def test_the_gate_fails_closed_when_the_operator_is_down(gate: Gate, gate_operat
     gate.admin.create({"apiVersion": "v1", "kind": "ConfigMap",
                        "metadata": {"name": "unrelated", "namespace": gate.ns}, "data": {"k": "v"}})
 
-
-def _webhook_requests(op: OperatorProcess) -> dict[str, float]:
-    found = re.findall(r'^mlsec_webhook_requests_total\{protocol="([^"]+)"\} (\S+)$', op.metrics(), re.M)
-    return {protocol: float(value) for protocol, value in found}
-
-
-def test_the_api_server_calls_the_webhooks_over_http2(gate: Gate, gate_operator: OperatorProcess) -> None:
-    """kube-apiserver negotiates HTTP/2 (ALPN) and sends every call over it: no TLS handshake per
-    call beyond the 25 idle HTTP/1.1 connections it would keep (bench/webhook_latency.py)."""
-    before = _webhook_requests(gate_operator)
-    gate.model("alice", "h2")  # the requester stamp (mutating webhook)
-    err = gate.refused(lambda: gate.change("bob", "h2", stage="production"))  # the gate
-    assert "promotion of h2 version 3 to production: needs" in err.message
-    after = _webhook_requests(gate_operator)
-    assert after["h2"] - before.get("h2", 0) >= 2
-    assert after.get("http/1.1", 0) == before.get("http/1.1", 0)
