@@ -80,7 +80,11 @@ class H2Protocol(asyncio.Protocol):
         self.idle_seconds = idle_seconds
         self.max_body = max_body
         self.connections = connections if connections is not None else set()
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Our response headers are three constants: not validated nor normalized again each time
+        # (~10 % of the protocol's CPU per request). Request headers are validated.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
