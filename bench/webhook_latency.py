@@ -279,7 +279,11 @@ class Bench:
         assert self.proc is not None
         return cpu_seconds(self.proc.pid)
 
-    async def creates(self, namespace: str, label: str) -> dict[str, Any]:
+    async def creates(self, namespace: str, *labels: str,
+                      between: list[Any] | None = None) -> list[dict[str, Any]]:
+        """One series per label, round by round: ``between[i]`` (a callable) runs after each
+        burst of series ``i`` (e.g. removes the webhooks for the next series, restores them
+        after it), so every series meets the same moments of the shared machine."""
         ctx = ssl.create_default_context(cadata=self.api_ca)
         headers = {"Authorization": f"Bearer {self.token}"}
         url = f"{self.server}/apis/{API}/namespaces/{namespace}/modeldeployments"
@@ -295,20 +299,48 @@ class Bench:
                     errors.append(f"{resp.status}: {text[:300]}")
                 return resp.status == 201
 
-        samples, failures = [], 0
+        samples: list[list[float]] = [[] for _ in labels]
+        failures, cpu, client = [0] * len(labels), [0.0] * len(labels), [0.0] * len(labels)
+        steps = between or [None] * len(labels)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=0)) as session:
-            await burst(session, self.n, create)
-            cpu0, client0 = self.cpu(), time.process_time()
-            for _ in range(self.rounds):
-                got, bad = await burst(session, self.n, create)
-                samples += got
-                failures += bad
-            client = time.process_time() - client0
+            for warm_up in (True, *([False] * self.rounds)):
+                for i, _label in enumerate(labels):
+                    cpu0, client0 = self.cpu(), time.process_time()
+                    got, bad = await burst(session, self.n, create)
+                    if not warm_up:
+                        samples[i] += got
+                        failures[i] += bad
+                        cpu[i] += self.cpu() - cpu0
+                        client[i] += time.process_time() - client0
+                    if steps[i] is not None:
+                        steps[i]()
         if errors:
-            print(f"{label}: first failure: {errors[0]}", file=sys.stderr)
-        if not samples:
-            raise SystemExit(f"{label}: every request failed")
-        return summary(label, samples, failures, self.cpu() - cpu0, client)
+            print(f"{labels[0]}: first failure: {errors[0]}", file=sys.stderr)
+        if not all(samples):
+            raise SystemExit(f"{', '.join(labels)}: every request of a series failed")
+        return [summary(label, samples[i], failures[i], cpu[i], client[i]) for i, label in enumerate(labels)]
+
+    def stamped(self, namespace: str) -> bool:
+        """Whether a create in ``namespace`` is stamped with its requester now (dry run)."""
+        got = yaml.safe_load(self.kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-",
+                                          input=yaml.safe_dump(model(namespace, "probe")),
+                                          check=False) or "{}") or {}
+        return bool(((got.get("metadata") or {}).get("annotations") or {}).get("mlsec.io/requested-by"))
+
+    def switch_webhooks(self, namespace: str, configs: list[dict[str, Any]], on: bool) -> None:
+        """Register (``on``) or remove the webhook configurations, and wait until the API server
+        applies the change (the stamp webhook answers a dry-run create, or no longer does)."""
+        for cfg in configs:
+            if on:
+                cfg = {**cfg, "metadata": {"name": "mlsec.io"}}
+                self.kubectl("create", "-f", "-", input=yaml.safe_dump(cfg))
+            else:
+                self.kubectl("delete", cfg["kind"].lower(), "mlsec.io")
+        deadline = time.monotonic() + 30
+        while self.stamped(namespace) != on:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the API server did not {'register' if on else 'drop'} the webhooks")
+            time.sleep(0.2)
 
     def run(self) -> list[dict[str, Any]]:
         saved = yaml.safe_load(self.kubectl("get", NATIVE_BINDINGS, "-l", NATIVE, "-o", "yaml"))["items"]
@@ -333,18 +365,18 @@ class Bench:
             results += asyncio.run(self.direct(gate_ns))
             if self.only == "direct":
                 return results
-            # api_ns has no policy: the operator's reconcile of the new objects stays cheap.
-            results.append(asyncio.run(self.creates(api_ns, "API create, with the webhooks")))
+            # api_ns has no policy: the operator's reconcile of the new objects stays cheap. With
+            # and without the webhooks round by round: the difference of the two is the figure.
             configs = [yaml.safe_load(self.kubectl("get", kind, "mlsec.io", "-o", "yaml"))
                        for kind in CONFIGS]
-            for kind in CONFIGS:
-                self.kubectl("delete", kind, "mlsec.io")
             try:
-                results.append(asyncio.run(self.creates(api_ns, "API create, no webhooks")))
+                results += asyncio.run(self.creates(
+                    api_ns, "API create, with the webhooks", "API create, no webhooks",
+                    between=[lambda: self.switch_webhooks(api_ns, configs, False),
+                             lambda: self.switch_webhooks(api_ns, configs, True)]))
             finally:
-                for cfg in configs:
-                    cfg["metadata"] = {"name": "mlsec.io"}
-                    self.kubectl("create", "-f", "-", input=yaml.safe_dump(cfg))
+                if not self.stamped(api_ns):
+                    self.switch_webhooks(api_ns, configs, True)
             # As installed on a cluster that serves MutatingAdmissionPolicy: the native policies
             # bound, the operator's webhooks a second layer (failure policy auto → Ignore), the
             # requester stamped by the API server (no stamp webhook).
@@ -353,7 +385,7 @@ class Bench:
             self.start_operator("auto")
             self.wait_native_stamp(api_ns)
             self.wait_quiet()  # a restarted operator first resumes the models created above
-            results.append(asyncio.run(self.creates(api_ns, SHIPPED)))
+            results += asyncio.run(self.creates(api_ns, SHIPPED))
         finally:
             self.stop_operator()
             for kind in CONFIGS:
