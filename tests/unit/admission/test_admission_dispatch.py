@@ -333,7 +333,8 @@ def test_the_server_parses_and_answers_our_hooks_itself(tmp_path: Path) -> None:
                                        ("POST", "approval-stamp", b"\xff\xfe"),
                                        ("POST", "approval-stamp", b'{"broken": true}'),
                                        ("POST", "someone-elses-hook", b'{"uid": "x"}'),
-                                       ("GET", "deployment-gate", b"")):
+                                       ("GET", "deployment-gate", b""),
+                                       ("POST", "deployment-gate", b" " * (1024**2 + 1))):
                 async with client.request(method, f"{config['url']}/{hook}", data=data, ssl=ctx) as resp:
                     out.append((resp.status, await resp.json() if resp.status == 200 else None))
                     if resp.status == 200:
@@ -343,4 +344,4 @@ def test_the_server_parses_and_answers_our_hooks_itself(tmp_path: Path) -> None:
 
     answers = asyncio.run(main())
     assert answers[0] == (200, {"hook": "deployment-gate", "review": {"uid": "é"}, "kopf_kwargs": []})
-    assert [status for status, _ in answers[1:]] == [400, 400, 400, 404, 405]
+    assert [status for status, _ in answers[1:]] == [400, 400, 400, 404, 405, 413]  # 413: over 1 MiB
