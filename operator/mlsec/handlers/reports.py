@@ -26,7 +26,6 @@ only export metrics; the CRDs are looked for again at most every :data:`RECHECK`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import threading
@@ -36,12 +35,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from prometheus_client import Gauge
 
 from mlsec import GROUP, VERSION
 from mlsec.builders import report as rb
 from mlsec.clients.kube import KubeError
-from mlsec.handlers import context, leader, model_store, rbac
+from mlsec.handlers import context, leader, metrics, model_store, rbac
 from mlsec.handlers.metrics import WRITES
 from mlsec.handlers.naps import nap
 from mlsec.handlers.policy import PLURAL as POLICY_PLURAL
@@ -60,11 +58,12 @@ RESYNC = 300.0  # read the live Report again (someone may have edited or deleted
 RECHECK = 300.0  # look for the OpenReports CRDs again while they are missing
 TICK = 2.0  # how often an idle daemon checks whether it was stopped or became active
 
-COMPLIANCE_RESULTS = Gauge(
+COMPLIANCE_RESULTS = metrics.NamespaceCounts(
     "mlsec_compliance_results",
     "Compliance results of the namespace's Report, by rule and result (pass, fail, warn, error, skip).",
-    ["namespace", "rule", "result"],
+    rb.RESULTS,
 )
+metrics.register(COMPLIANCE_RESULTS)
 
 MISSING_MESSAGE = (
     "OpenReports CRDs (reports.openreports.io, openreports.io/v1alpha1) are not installed: compliance "
@@ -190,7 +189,6 @@ class NamespaceReport:
         self.cache: rb.Seen | None = None  # what is kept of the Report last written or read
         self.cache_known = False  # False: read the live Report before comparing
         self.read_at = 0.0
-        self.metric_rules: set[str] = set()
         self.last_error = ""
         self.write_seconds = 0.0  # how long the last write took
 
@@ -245,25 +243,11 @@ class NamespaceReport:
 
     def export(self, results: Iterable[Mapping[str, Any]]) -> None:
         """Set mlsec_compliance_results for this namespace: every result for each rule seen."""
-        counts = rb.counts_by_rule(results)
-        rules = {rule for rule, _ in counts}
-        for rule in rules:
-            for result in rb.RESULTS:
-                COMPLIANCE_RESULTS.labels(self.namespace, rule, result).set(counts.get((rule, result), 0))
-        for rule in self.metric_rules - rules:
-            self._remove(rule)
-        self.metric_rules = rules
-
-    def _remove(self, rule: str) -> None:
-        for result in rb.RESULTS:
-            with contextlib.suppress(KeyError):
-                COMPLIANCE_RESULTS.remove(self.namespace, rule, result)
+        COMPLIANCE_RESULTS.set(self.namespace, rb.counts_by_rule(results))
 
     def retire(self) -> None:
         """No longer ours to report (policy gone or superseded, leadership lost)."""
-        for rule in self.metric_rules:
-            self._remove(rule)
-        self.metric_rules = set()
+        COMPLIANCE_RESULTS.remove(self.namespace)
         self.forget()
 
 
