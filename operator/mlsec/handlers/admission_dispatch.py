@@ -1,12 +1,13 @@
 """Serving our AdmissionReviews without kopf's per-request pipeline.
 
-kopf still registers the webhooks (its decorators build the configurations it keeps), runs the
-TLS server and reloads its certificate. What it did per request — find the resource, recall a
-memo, build bodies, a diff, a per-object logger, a cause, a handler state, run the handlers
-through its executor, and compute the JSON patch by deep-copying and diffing the whole object —
-cost ~0.35 ms of CPU, five times the HTTP exchange itself, and with 100 requests queued on one
-event loop that was the p99 (``bench/webhook_latency.py``). Our handlers need none of it: each is
-called here with the keyword arguments it names (and kopf's indexes, if it takes ``**``), and the
+kopf still registers the webhooks (its decorators build the configurations it keeps) and runs
+the server (:class:`mlsec.handlers.webhook.Server`, on kopf's TLS set-up and certificate
+reloads). What it did per request — find the resource, recall a memo, build bodies, a diff, a
+per-object logger, a cause, a handler state, run the handlers through its executor, and compute
+the JSON patch by deep-copying and diffing the whole object — cost ~0.35 ms of CPU, five times
+the HTTP exchange itself, and with 100 requests queued on one event loop that was the p99
+(``bench/webhook_latency.py``). Our handlers need none of it: each is called here with the
+keyword arguments it names (and kopf's indexes, if it takes ``**``), and the
 response is built the way kopf's ``build_response`` builds it.
 """
 

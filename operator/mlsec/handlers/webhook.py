@@ -1,7 +1,8 @@
 """Serving and registering the admission webhooks: TLS, failure policy, timeout, mlsec.io only.
 
-kopf serves the webhooks (``settings.admission.server``) and keeps the Validating- and
-MutatingWebhookConfiguration named ``mlsec.io`` pointing at them (``settings.admission.managed``).
+kopf runs the webhook server we hand it (``settings.admission.server``: :class:`Server`, HTTP/2 and
+HTTP/1.1 on one TLS port) and keeps the Validating- and MutatingWebhookConfiguration named
+``mlsec.io`` pointing at it (``settings.admission.managed``).
 kopf 1.45 registers every webhook with ``timeoutSeconds: 30`` and its failure policy fixed at
 decoration time, so :func:`install_config_rewrite` wraps kopf's configuration builder to set ours:
 a short timeout, the failure policy decided at start-up, and rules for the mlsec.io group only —
