@@ -418,13 +418,9 @@ class Bench:
     def wait_native_stamp(self, namespace: str) -> None:
         """Until the API server stamps the requester itself, with no stamp webhook registered."""
         deadline = time.monotonic() + 30
-        probe = yaml.safe_dump(model(namespace, "probe"))
         while time.monotonic() < deadline:
             hooks = self.kubectl("get", "mutatingwebhookconfiguration", "mlsec.io", "-o", "yaml")
-            got = yaml.safe_load(self.kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-",
-                                              input=probe, check=False) or "{}") or {}
-            stamped = ((got.get("metadata") or {}).get("annotations") or {}).get("mlsec.io/requested-by")
-            if "deployment-stamp" not in hooks and stamped:
+            if "deployment-stamp" not in hooks and self.stamped(namespace):
                 return
             time.sleep(0.5)
         raise SystemExit("the native requester stamp did not take over from the webhook")

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from prometheus_client import REGISTRY
 
 from mlsec import GROUP, VERSION
 from mlsec.builders import report as rb
@@ -63,7 +64,7 @@ COMPLIANCE_RESULTS = metrics.NamespaceCounts(
     "Compliance results of the namespace's Report, by rule and result (pass, fail, warn, error, skip).",
     rb.RESULTS,
 )
-metrics.register(COMPLIANCE_RESULTS)
+REGISTRY.register(COMPLIANCE_RESULTS)
 
 MISSING_MESSAGE = (
     "OpenReports CRDs (reports.openreports.io, openreports.io/v1alpha1) are not installed: compliance "

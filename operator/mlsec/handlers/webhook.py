@@ -96,7 +96,7 @@ class Server(kopf.WebhookServer):
             context.set_alpn_protocols(ALPN)
         return cadata, context
 
-    async def _answer(self, fn: Any, webhook: str, raw: bytes) -> bytes:
+    async def _answer(self, fn: Any, webhook: str, raw: bytes | bytearray) -> bytes:
         """The JSON answer of our hook ``webhook`` to the request body ``raw`` (both protocols)."""
         try:
             review = json.loads(raw)
@@ -153,7 +153,7 @@ class Server(kopf.WebhookServer):
                 raise web.HTTPBadRequest(reason=str(exc) or None) from None
             return web.Response(body=body, content_type="application/json")
 
-        async def answer_h2(path: str, raw: bytes) -> bytes:
+        async def answer_h2(path: str, raw: bytes | bytearray) -> bytes:
             hook = self._hook(path)
             if hook is None:
                 raise dispatch.NotFound(path)

@@ -6,7 +6,7 @@ concurrent writes therefore opened ~75 new TLS connections every time, and each 
 the operator's event loop ~0.8 ms of CPU, three to five times the review itself
 (``bench/webhook_latency.py``). aiohttp serves HTTP/1.1 only, so the webhook port negotiates:
 ``h2`` connections are served here (the ``h2`` library's state machine, our routes only),
-everything else goes to kopf's aiohttp server as before.
+every other connection goes to aiohttp's HTTP/1.1 server (:class:`mlsec.handlers.webhook.Server`).
 
 Limits: ``MAX_STREAMS`` concurrent requests a connection (the client opens another connection
 beyond them), ``CONNECTION_WINDOW`` bytes in flight, a body of at most ``MAX_BODY`` bytes
@@ -44,7 +44,7 @@ JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
 
-Answer = Callable[[str, bytes], Awaitable[bytes]]
+Answer = Callable[[str, bytes | bytearray], Awaitable[bytes]]
 """(request path, body) → the response's JSON body; raises :class:`~.admission_dispatch.BadRequest`
 or :class:`~.admission_dispatch.NotFound`."""
 
@@ -196,7 +196,7 @@ class H2Protocol(asyncio.Protocol):
 
     async def _serve(self, stream_id: int, stream: _Stream) -> None:
         try:
-            status, body, content_type = 200, await self.answer(stream.path, bytes(stream.body)), JSON
+            status, body, content_type = 200, await self.answer(stream.path, stream.body), JSON
         except BadRequest as exc:
             status, body, content_type = 400, f"{exc}\n".encode(), TEXT
         except NotFound:

@@ -220,7 +220,7 @@ def test_the_webhook_port_serves_our_hooks_over_http2_and_http1(cert: webhook_tl
 # --- the HTTP/2 protocol ---------------------------------------------------------------------------
 
 
-async def echo(path: str, raw: bytes) -> bytes:
+async def echo(path: str, raw: bytes | bytearray) -> bytes:
     if path == "/big":
         return b'"' + b"x" * 100_000 + b'"'
     return json.dumps({"path": path, "length": len(raw)}).encode()
@@ -230,7 +230,7 @@ def test_concurrent_requests_share_one_connection(cert: webhook_tls.ServingCert)
     release = asyncio.Event()
     order: list[str] = []
 
-    async def answer(path: str, raw: bytes) -> bytes:
+    async def answer(path: str, raw: bytes | bytearray) -> bytes:
         order.append(f"start {path}")
         if path == "/slow":
             await release.wait()
@@ -301,7 +301,7 @@ def test_an_oversized_body_is_refused_and_the_connection_stays(cert: webhook_tls
 
 
 def test_a_failing_answer_is_a_500_without_details(cert: webhook_tls.ServingCert) -> None:
-    async def broken(path: str, raw: bytes) -> bytes:
+    async def broken(path: str, raw: bytes | bytearray) -> bytes:
         raise RuntimeError("token=s3cr3t")
 
     async def main() -> Answer:
@@ -333,7 +333,7 @@ def test_shutdown_answers_what_is_in_progress_and_refuses_new_requests(
         cert: webhook_tls.ServingCert) -> None:
     release = asyncio.Event()
 
-    async def answer(path: str, raw: bytes) -> bytes:
+    async def answer(path: str, raw: bytes | bytearray) -> bytes:
         if path == "/slow":
             await release.wait()
         return b"{}"
