@@ -156,6 +156,81 @@ class Lean:
             writer.close()
 
 
+class LeanH2:
+    """The direct series over HTTP/2, as the API server calls a webhook (client-go's transport
+    multiplexes every call to a host on one connection): one TLS connection, each burst's frames
+    encoded before it and written at once, a stream's time taken when its END_STREAM arrives."""
+
+    def __init__(self, port: int, cadata: str) -> None:
+        import h2.config
+        import h2.connection
+
+        self.port = port
+        self.ctx = ssl.create_default_context(cadata=cadata)  # its own: ALPN h2 only
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.ctx.set_alpn_protocols(["h2"])
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=self.ctx)
+        ssl_obj = self.writer.get_extra_info("ssl_object")
+        if ssl_obj is None or ssl_obj.selected_alpn_protocol() != "h2":
+            raise SystemExit("the webhook did not negotiate HTTP/2")
+        self.conn.initiate_connection()
+        self.conn.update_settings({0x4: 2**31 - 1})  # SETTINGS_INITIAL_WINDOW_SIZE: no stalls
+        self.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        self.writer.write(self.conn.data_to_send())
+        # The server's SETTINGS and window before the first burst: a burst is ~150 KB of bodies.
+        while self.conn.outbound_flow_control_window < 1 << 20:
+            self.conn.receive_data(await self.reader.read(65536))
+            self.writer.write(self.conn.data_to_send())
+
+    async def burst(self, path: str, bodies: list[bytes]) -> tuple[list[float], int]:
+        import h2.events
+
+        assert self.reader is not None and self.writer is not None
+        started: dict[int, int] = {}
+        for i, body in enumerate(bodies):
+            sid = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(sid, [(":method", "POST"), (":path", f"/{path}"),
+                                         (":scheme", "https"), (":authority", f"127.0.0.1:{self.port}"),
+                                         ("content-type", "application/json"),
+                                         ("content-length", str(len(body)))])
+            self.conn.send_data(sid, body, end_stream=True)
+            started[sid] = i
+        frames = self.conn.data_to_send()
+        status: dict[int, bytes] = {}
+        data: dict[int, bytes] = {sid: b"" for sid in started}
+        done: dict[int, float] = {}
+        t0 = time.perf_counter()
+        self.writer.write(frames)
+        while len(done) < len(started):
+            chunk = await self.reader.read(65536)
+            now = time.perf_counter()
+            if not chunk:
+                break
+            for ev in self.conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status[ev.stream_id] = dict(ev.headers).get(b":status", b"")
+                elif isinstance(ev, h2.events.DataReceived):
+                    data[ev.stream_id] += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    done[ev.stream_id] = now
+                elif isinstance(ev, h2.events.StreamReset):
+                    done[ev.stream_id] = float("nan")
+            if out := self.conn.data_to_send():
+                self.writer.write(out)
+        ok = [done[sid] - t0 for sid in started
+              if sid in done and status.get(sid) == b"200" and b'"allowed"' in data[sid]]
+        return ok, len(started) - len(ok)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 class Bench:
     def __init__(self, env: local.LocalEnv, workdir: Path, n: int, rounds: int,
                  only: str = "") -> None:
@@ -226,6 +301,39 @@ class Bench:
                 "approval-stamp", lambda i: review(f"stamp-{i}-{uuid.uuid4()}", "carol", ["ml_leads"],
                                                    namespace, "modelapprovals", "CREATE", approval, None)),
         }
+        out: list[dict[str, Any]] = []
+        if self.only != "lean":
+            out += await self.through_aiohttp(ctx, series)
+        lean, h2 = Lean(self.port, ctx), LeanH2(self.port, self.webhook_ca())
+        await lean.open(self.n)
+        await h2.open()
+        try:
+            for name, (path, make) in series.items():
+                for client, label in ((lean, name), (h2, f"{name}, HTTP/2")):
+                    def bodies(make: Any = make) -> list[bytes]:
+                        return [json.dumps(make(i)).encode() for i in range(self.n)]
+
+                    await client.burst(path, bodies())  # warm-up
+                    samples, failures, rounds = [], 0, []
+                    cpu0, client0 = self.cpu(), time.process_time()
+                    for _ in range(self.rounds):
+                        got, bad = await client.burst(path, bodies())
+                        samples += got
+                        failures += bad
+                        rounds.append(round(pct(got, 99) * 1000, 1) if got else None)
+                    out.append(summary(label, samples, failures, self.cpu() - cpu0,
+                                       time.process_time() - client0))
+                    # The goal's figure is the p99 of all samples; each round's own shows whether a
+                    # miss is every burst or one that met a busy moment of the shared machine.
+                    out[-1]["round_p99_ms"] = rounds
+        finally:
+            lean.close()
+            h2.close()
+        return out
+
+    async def through_aiohttp(self, ctx: ssl.SSLContext,
+                              series: dict[str, tuple[str, Any]]) -> list[dict[str, Any]]:
+        """The direct series through aiohttp's client, and one request at a time."""
         out = []
         connector = aiohttp.TCPConnector(ssl=ctx, limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -254,25 +362,6 @@ class Bench:
                     failures += bad
                 out.append(summary(name.replace("webhook direct", "  one at a time"), samples, failures,
                                    self.cpu() - cpu0))
-        lean = Lean(self.port, ctx)
-        await lean.open(self.n)
-        try:
-            for name, (path, make) in series.items():
-                await lean.burst(path, [json.dumps(make(i)).encode() for i in range(self.n)])  # warm-up
-                samples, failures, rounds = [], 0, []
-                cpu0, client0 = self.cpu(), time.process_time()
-                for _ in range(self.rounds):
-                    got, bad = await lean.burst(path, [json.dumps(make(i)).encode() for i in range(self.n)])
-                    samples += got
-                    failures += bad
-                    rounds.append(round(pct(got, 99) * 1000, 1) if got else None)
-                out.append(summary(name, samples, failures, self.cpu() - cpu0,
-                                   time.process_time() - client0))
-                # The goal's figure is the p99 of all samples; each round's own shows whether a
-                # miss is every burst or one that met a busy moment of the shared machine.
-                out[-1]["round_p99_ms"] = rounds
-        finally:
-            lean.close()
         return out
 
     def cpu(self) -> float:
@@ -363,7 +452,7 @@ class Bench:
             self.kubectl("apply", "-f", "-", input=yaml.safe_dump(model(gate_ns, "bench")))
             time.sleep(2)  # the operator's indexes see the policy and the model
             results += asyncio.run(self.direct(gate_ns))
-            if self.only == "direct":
+            if self.only:
                 return results
             # api_ns has no policy: the operator's reconcile of the new objects stays cheap. With
             # and without the webhooks round by round: the difference of the two is the figure.
@@ -432,8 +521,9 @@ def main() -> int:
                         help="a running local environment (mlsec local up --dir …)")
     parser.add_argument("-n", type=int, default=100, help="requests sent at once (default 100)")
     parser.add_argument("--rounds", type=int, default=5, help="bursts per series (default 5)")
-    parser.add_argument("--only", choices=["direct"], default="",
-                        help="only the direct series (the operator's own CPU, quick A/B runs)")
+    parser.add_argument("--only", choices=["direct", "lean"], default="",
+                        help="only the direct series (the operator's own CPU, quick A/B runs); "
+                        "lean: only those through the lean clients (HTTP/1.1 and HTTP/2)")
     args = parser.parse_args()
     if not args.dir:
         raise SystemExit("--dir (or $MLSEC_LOCAL_DIR): a running `mlsec local up` environment")

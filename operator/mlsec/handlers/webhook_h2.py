@@ -39,6 +39,10 @@ CONNECTION_WINDOW = 8 * 1024**2
 """What a client may send on a connection ahead of our reading it. HTTP/2's default, 64 KiB, is
 ~20 AdmissionReviews: a burst would wait for our WINDOW_UPDATEs round trip by round trip."""
 MAX_HEADER_LIST = 64 * 1024
+FLUSH_EVERY = 16
+"""Answers written to the socket together: the ones ready in one turn of the event loop, at most
+this many (a TCP send cost ~70 µs here, a third of a whole answer, when each went out alone).
+Bounded so the first answers of a burst do not wait for the last."""
 IDLE_SECONDS = 75.0
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
@@ -98,6 +102,8 @@ class H2Protocol(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
         self._idle: asyncio.TimerHandle | None = None
         self._last = 0.0
+        self._unsent = 0  # answers queued in h2 since the last write to the socket
+        self._flush_soon: asyncio.Handle | None = None
         self.draining = False  # shutting down: new requests are refused (the client retries them)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
@@ -247,7 +253,11 @@ class H2Protocol(asyncio.Protocol):
                     break
         except h2.exceptions.ProtocolError:  # the client reset the stream or left meanwhile
             return
-        self._flush()
+        self._unsent += 1
+        if self._unsent >= FLUSH_EVERY:
+            self._flush()
+        elif self._flush_soon is None:
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
 
     async def _window_credit(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -261,6 +271,10 @@ class H2Protocol(asyncio.Protocol):
                 waiter.set_result(None)
 
     def _flush(self) -> None:
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+        self._unsent = 0
         data = self.conn.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)

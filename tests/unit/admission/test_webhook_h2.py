@@ -254,6 +254,36 @@ def test_concurrent_requests_share_one_connection(cert: webhook_tls.ServingCert)
     assert order == ["start /slow", "start /fast", "end /fast", "end /slow"]
 
 
+def test_answers_ready_together_go_out_in_few_writes(cert: webhook_tls.ServingCert) -> None:
+    """A burst's answers are written to the socket a batch at a time, not one send each."""
+    writes: list[int] = []
+
+    class Counting(webhook_h2.H2Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            real = transport.write  # type: ignore[attr-defined]
+
+            def write(data: bytes) -> None:
+                writes.append(len(data))
+                real(data)
+
+            transport.write = write  # type: ignore[attr-defined]
+            super().connection_made(transport)
+
+    async def main() -> list[Answer]:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: Counting(echo), "127.0.0.1", 0, ssl=server_context(cert))
+        client = await Client.open(server.sockets[0].getsockname()[1], client_context(cert, ["h2"]))
+        writes.clear()
+        answers = await client.exchange(*((f"/r{i}", b"{}") for i in range(40)))
+        server.close()
+        return answers
+
+    answers = run(main)
+    assert [json.loads(a.body)["path"] for a in answers] == [f"/r{i}" for i in range(40)]
+    assert len(writes) <= 10, writes  # not a send per answer (the window credit writes too)
+    assert len(writes) >= -(-40 // webhook_h2.FLUSH_EVERY)  # nor one answer waiting for all
+
+
 def test_a_large_answer_waits_for_flow_control_credit(cert: webhook_tls.ServingCert) -> None:
     async def main() -> tuple[Answer, int, Answer]:
         server, port, _ = await serve_h2(cert, echo)
