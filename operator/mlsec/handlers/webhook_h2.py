@@ -75,6 +75,21 @@ class _Stream:
         self.body = bytearray()
 
 
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, counting open streams only near the limit.
+
+    h2 counts the open inbound streams on every new stream to enforce MAX_CONCURRENT_STREAMS,
+    walking all of them (O(n) a request: ~10 µs at 100 in flight). The streams it keeps are
+    never fewer than the open ones, so under the limit their number settles the check."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        kept = len(self.streams)  # open ones, and closed ones the next exact count prunes
+        if kept < self.local_settings.max_concurrent_streams:
+            return kept
+        return super().open_inbound_streams
+
+
 class H2Protocol(asyncio.Protocol):
     """One HTTP/2 connection: POSTs of AdmissionReviews answered by ``answer``, concurrently."""
 
@@ -89,7 +104,7 @@ class H2Protocol(asyncio.Protocol):
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_outbound_headers=False,
                                            normalize_outbound_headers=False)
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = _Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: max_body,  # a whole body without waiting

@@ -284,6 +284,43 @@ def test_answers_ready_together_go_out_in_few_writes(cert: webhook_tls.ServingCe
     assert len(writes) >= -(-40 // webhook_h2.FLUSH_EVERY)  # nor one answer waiting for all
 
 
+def test_the_concurrent_stream_limit_holds_and_answered_streams_free_their_places(
+        cert: webhook_tls.ServingCert) -> None:
+    release = asyncio.Event()
+
+    async def answer(path: str, raw: bytes | bytearray) -> bytes:
+        if path == "/held":
+            await release.wait()
+        return b"{}"
+
+    async def main() -> tuple[list[Answer], list[Answer], bool]:
+        server, port, connections = await serve_h2(cert, answer)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        limit = webhook_h2.MAX_STREAMS
+        # Twice the limit in turn: the streams answered first no longer count.
+        first = await client.exchange(*(("/r", b"{}") for _ in range(limit)))
+        second = await client.exchange(*(("/r", b"{}") for _ in range(limit)))
+        held = [client.request("/held", b"{}") for _ in range(limit)]
+        await client.flush()
+        await asyncio.sleep(0.2)
+        (protocol,) = connections
+        assert len(protocol.tasks) == limit and not client.goaway
+        # A client that ignores the advertised limit: one stream more is a protocol error.
+        client.conn.remote_settings.update({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2 * limit})
+        client.conn.remote_settings.acknowledge()
+        client.request("/r", b"{}")
+        await client.flush()
+        await client.pump(lambda: client.goaway)
+        release.set()
+        server.close()
+        assert all(sid not in client.done for sid in held)
+        return first, second, client.goaway
+
+    first, second, goaway = run(main)
+    assert [a.status for a in first + second] == [200] * 2 * webhook_h2.MAX_STREAMS
+    assert goaway
+
+
 def test_a_large_answer_waits_for_flow_control_credit(cert: webhook_tls.ServingCert) -> None:
     async def main() -> tuple[Answer, int, Answer]:
         server, port, _ = await serve_h2(cert, echo)
