@@ -66,6 +66,8 @@ import aiohttp
 import yaml
 
 from bench import common
+from mlsec.api.admission import DEPLOYMENT_STAMP as STAMP
+from mlsec.api.admission import GATE
 from mlsec.api.ledger import pack_releases
 from mlsec.clients.kube import KubeError
 from mlsec.local import env as local
@@ -283,8 +285,9 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 class Bench:
     def __init__(self, env: local.LocalEnv, workdir: Path, n: int, rounds: int, settle: float,
-                 releases: int = 100, sequential: int = 30) -> None:
+                 releases: int = 100, sequential: int = 30, bind: frozenset[str] = frozenset()) -> None:
         self.env, self.workdir, self.n, self.rounds, self.settle = env, workdir, n, rounds, settle
+        self.bind = bind  # the native policies bound in the native series (empty: all)
         self.sequential = sequential  # per op, series and round, sent one at a time
         self.seq: dict[str, dict[str, list[float]]] = {s: {o: [] for o in OPS} for s in SERIES}
         # approved releases of other models in the ledger (a namespace with models in production)
@@ -330,7 +333,8 @@ class Bench:
     # --- switching the series -----------------------------------------------------------------
     def bindings(self, on: bool) -> None:
         if on:
-            body = yaml.safe_dump_all([bare(b) for b in self.saved_bindings])
+            body = yaml.safe_dump_all([bare(b) for b in self.saved_bindings
+                                       if not self.bind or b["spec"]["policyName"] in self.bind])
             self.kubectl("create", "-f", "-", input=body)
         else:
             self.kubectl("delete", NATIVE_BINDINGS, "-l", NATIVE, "--wait=false")
@@ -368,9 +372,11 @@ class Bench:
 
     async def wait_in_effect(self, series: str, timeout: float = 90) -> float:
         native, policy = SETUP[series]
+        stamp = native and (not self.bind or STAMP in self.bind)
+        gate = native and (not self.bind or GATE in self.bind)
         # The native stamp (mlsec-deployment-stamp) sets the requester as the webhook does.
-        expect = (native, native or policy is not None,
-                  "denied:native" if native else "denied:webhook" if policy else "admitted")
+        expect = (stamp, stamp or policy is not None,
+                  "denied:native" if gate else "denied:webhook" if policy else "admitted")
         t0 = time.monotonic()
         good = 0
         seen: tuple[bool, bool, str] | None = None
@@ -713,6 +719,8 @@ class Bench:
               + " (not the leader: no reconcile; kopf still sets its finalizer on the policies)"
               + ("" if not leader else f"; BUT IT BECAME LEADER: {leader[0]}"))
         print(f"watches the API server closed as unresponsive during the run: {closed}")
+        if self.bind:
+            print(f"native series with only these policies bound: {', '.join(sorted(self.bind))}")
         for s in SERIES:
             for op, err in self.errors[s].items():
                 print(f"first failure {s}/{op}: {err}")
@@ -723,7 +731,7 @@ class Bench:
               f"at a time: worst op {seq_worst} {seq_overhead[seq_worst]['p99_ms']:+.1f} ms -> "
               f"{'MET' if seq_met else 'MISSED'}")
         return {"benchmark": "native_vs_webhook", "clients": self.n, "rounds": self.rounds,
-                "ledger_releases": len(self.pending),
+                "ledger_releases": len(self.pending), "bound": sorted(self.bind) or "all",
                 "cpus": os.cpu_count(), "load_average": self.loads, "end_to_end": e2e, "server": server,
                 "ratio_webhook_native": ratios, "overhead_native_minus_none": overhead,
                 "operator_writes": dict(writes), "operator_led": bool(leader),
@@ -745,6 +753,9 @@ def main() -> int:
                         help="requests per op, series and round sent one at a time (30)")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds to wait once a switch is seen in effect (1)")
+    parser.add_argument("--bind", default="",
+                        help="comma-separated native policies to bind in the native series (default "
+                        "all): what each costs, e.g. --bind mlsec-image-rules,mlsec-image-rules-audit")
     parser.add_argument("--releases", type=int, default=100,
                         help="approved releases of other models in the PromotionLedger (default 100, "
                         f"at most {MAX_PENDING})")
@@ -752,7 +763,7 @@ def main() -> int:
     env = common.load_env(args.dir)
     with tempfile.TemporaryDirectory(prefix="mlsec-bench-nvw-") as tmp:
         result = Bench(env, Path(tmp), args.clients, args.rounds, args.settle, args.releases,
-                       args.sequential).run(args.keep)
+                       args.sequential, frozenset(filter(None, args.bind.split(",")))).run(args.keep)
     common.emit(result)
     return 0
 
