@@ -284,17 +284,22 @@ def test_answers_ready_together_go_out_in_few_writes(cert: webhook_tls.ServingCe
     assert len(writes) >= -(-40 // webhook_h2.FLUSH_EVERY)  # nor one answer waiting for all
 
 
+def holding(held: str, release: asyncio.Event) -> webhook_h2.Answer:
+    """An answer that waits for ``release`` on the path ``held`` and answers ``{}`` at once elsewhere."""
+    async def answer(path: str, raw: bytes | bytearray) -> bytes:
+        if path == held:
+            await release.wait()
+        return b"{}"
+
+    return answer
+
+
 def test_the_concurrent_stream_limit_holds_and_answered_streams_free_their_places(
         cert: webhook_tls.ServingCert) -> None:
     release = asyncio.Event()
 
-    async def answer(path: str, raw: bytes | bytearray) -> bytes:
-        if path == "/held":
-            await release.wait()
-        return b"{}"
-
     async def main() -> tuple[list[Answer], list[Answer], bool]:
-        server, port, connections = await serve_h2(cert, answer)
+        server, port, connections = await serve_h2(cert, holding("/held", release))
         client = await Client.open(port, client_context(cert, ["h2"]))
         limit = webhook_h2.MAX_STREAMS
         # Twice the limit in turn: the streams answered first no longer count.
@@ -399,11 +404,7 @@ def test_an_idle_connection_is_closed_with_a_goaway(cert: webhook_tls.ServingCer
 def test_shutdown_answers_what_is_in_progress_and_refuses_new_requests(
         cert: webhook_tls.ServingCert) -> None:
     release = asyncio.Event()
-
-    async def answer(path: str, raw: bytes | bytearray) -> bytes:
-        if path == "/slow":
-            await release.wait()
-        return b"{}"
+    answer = holding("/slow", release)
 
     async def main() -> tuple[Answer, Answer, bool]:
         server, port, connections = await serve_h2(cert, answer)
