@@ -167,12 +167,12 @@ class LeanH2:
 
         self.port = port
         self.ctx = ssl.create_default_context(cadata=cadata)  # its own: ALPN h2 only
+        self.ctx.set_alpn_protocols(["h2"])
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> None:
-        self.ctx.set_alpn_protocols(["h2"])
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=self.ctx)
         ssl_obj = self.writer.get_extra_info("ssl_object")
         if ssl_obj is None or ssl_obj.selected_alpn_protocol() != "h2":
@@ -190,15 +190,15 @@ class LeanH2:
         import h2.events
 
         assert self.reader is not None and self.writer is not None
-        started: dict[int, int] = {}
-        for i, body in enumerate(bodies):
+        started: list[int] = []
+        for body in bodies:
             sid = self.conn.get_next_available_stream_id()
             self.conn.send_headers(sid, [(":method", "POST"), (":path", f"/{path}"),
                                          (":scheme", "https"), (":authority", f"127.0.0.1:{self.port}"),
                                          ("content-type", "application/json"),
                                          ("content-length", str(len(body)))])
             self.conn.send_data(sid, body, end_stream=True)
-            started[sid] = i
+            started.append(sid)
         frames = self.conn.data_to_send()
         status: dict[int, bytes] = {}
         data: dict[int, bytes] = {sid: b"" for sid in started}
