@@ -307,8 +307,11 @@ def test_the_concurrent_stream_limit_holds_and_answered_streams_free_their_place
         second = await client.exchange(*(("/r", b"{}") for _ in range(limit)))
         held = [client.request("/held", b"{}") for _ in range(limit)]
         await client.flush()
-        await asyncio.sleep(0.2)
         (protocol,) = connections
+        for _ in range(250):  # until the server holds them all (at most 5 s)
+            if len(protocol.tasks) == limit:
+                break
+            await asyncio.sleep(0.02)
         assert len(protocol.tasks) == limit and not client.goaway
         # A client that ignores the advertised limit: one stream more is a protocol error.
         client.conn.remote_settings.update({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2 * limit})
