@@ -384,6 +384,10 @@ def test_operator_reports_audit_device_and_gates_promotions(
         wait_until(lambda: name in group_policies(root, "data_scientists"), timeout=30,
                    what="the data_scientists group entry")
 
+        # carol approves through the RBAC the LDAP sync writes: a handler of its own, which may
+        # finish after the audit-device condition and the Vault groups above.
+        wait_until(lambda: gate.can("carol", "create", "modelapprovals"), timeout=30,
+                   what="carol's RoleBinding from the LDAP sync")
         gate.model("admin", "mri", dataClassification="internal")
         gate.counted(gate.approve("carol", "mri"))
         device = root.sys.list_enabled_audit_devices()["data"]["file/"]
