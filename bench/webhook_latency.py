@@ -309,10 +309,10 @@ class Bench:
         await h2.open()
         try:
             for name, (path, make) in series.items():
-                for client, label in ((lean, name), (h2, f"{name}, HTTP/2")):
-                    def bodies(make: Any = make) -> list[bytes]:
-                        return [json.dumps(make(i)).encode() for i in range(self.n)]
+                def bodies(make: Any = make) -> list[bytes]:
+                    return [json.dumps(make(i)).encode() for i in range(self.n)]
 
+                for client, label in ((lean, name), (h2, f"{name}, HTTP/2")):
                     await client.burst(path, bodies())  # warm-up
                     samples, failures, rounds = [], 0, []
                     cpu0, client0 = self.cpu(), time.process_time()
