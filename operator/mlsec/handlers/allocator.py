@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from asyncio import sslproto
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 ARENAS = 2
@@ -38,6 +39,23 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     if not ok:
         log.debug("mallopt(M_ARENA_MAX, %d) refused", arenas)
     return ok
+
+
+# asyncio's TLS transport gives every connection a 256 KiB buffer for the encrypted bytes it
+# receives (SSLProtocol.max_size), zero-filled (so resident) when the connection is made, for
+# its whole life. A pool keeping 40-50 idle connections to the API server held 13 MiB in them
+# (bench/README.md, twelfth run). A TLS record carries at most 16 KiB: 32 KiB still takes two per
+# read; a large response costs more reads, not more round trips.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def small_tls_buffers(size: int = TLS_READ_BUFFER) -> bool:
+    """Cap the receive buffer of asyncio's TLS connections made from now on (the API server's,
+    the webhook's). Whether it was capped: not with a TLS transport that has no such size."""
+    if not isinstance(getattr(sslproto.SSLProtocol, "max_size", None), int):
+        return False
+    sslproto.SSLProtocol.max_size = size
+    return True
 
 
 # glibc returns freed memory to the system only from the top of its heap; what a burst freed below

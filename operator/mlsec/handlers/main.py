@@ -31,6 +31,7 @@ HANDLER_MODULES = (
 def run(args: argparse.Namespace) -> int:
     allocator.limit_arenas()  # before any thread starts
     allocator.start_trimmer()
+    allocator.small_tls_buffers()
     cfg = settings.CONFIG
     cfg.namespaces = list(args.namespace or [])
     cfg.metrics_port = args.metrics_port

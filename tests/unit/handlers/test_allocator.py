@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import ssl
 import subprocess
 import sys
+import tracemalloc
+from asyncio import sslproto
 from pathlib import Path
 
 import pytest
 
 from mlsec.handlers import allocator
+from mlsec.local import pki
 
 # Sixteen threads alive together, each allocating large blocks (not pymalloc's: those come from glibc), then
 # glibc's own statistics, one "Arena N:" block per arena, on stderr.
@@ -80,3 +86,60 @@ def test_a_trim_asked_for_too_soon_is_deferred_to_the_interval_end_not_dropped()
     while allocator._last_trim == recent and time.monotonic() < deadline:
         time.sleep(0.05)
     assert allocator._last_trim > recent  # it ran once the interval was over
+
+
+# --- asyncio's TLS receive buffers -------------------------------------------------------------
+
+
+def _tls_contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = pki.make_ca()
+    leaf = pki.issue(ca, "localhost", ips=("127.0.0.1",))
+    (tmp / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp / "tls.key").write_bytes(leaf.key_pem)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
+    return server, ssl.create_default_context(cadata=ca.cert_pem.decode())
+
+
+async def _traced_per_connection(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+                                 n: int = 10, payload: int = 1 << 20) -> float:
+    """Bytes Python allocates per open TLS connection (both ends live here), after checking
+    that a payload larger than any buffer crosses one of them intact."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        opened = [await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+                  for _ in range(n)]
+        await asyncio.sleep(0.1)  # the server's side of each accepted
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    sent = os.urandom(payload)
+    reader, writer = opened[0]
+    writer.write(sent)
+    assert await reader.readexactly(payload) == sent
+    for _, w in opened:
+        w.close()
+    server.close()
+    await server.wait_closed()
+    return grown / n
+
+
+def test_tls_connections_made_after_the_cap_hold_small_receive_buffers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sslproto.SSLProtocol, "max_size", sslproto.SSLProtocol.max_size)
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
+    uncapped = asyncio.run(_traced_per_connection(server_ctx, client_ctx))
+    assert uncapped > 2 * 200 * 1024  # the premise: 256 KiB at each end, resident
+    assert allocator.small_tls_buffers() is True
+    capped = asyncio.run(_traced_per_connection(server_ctx, client_ctx))
+    assert capped < 2 * 64 * 1024, (uncapped, capped)
