@@ -180,7 +180,7 @@ def tls_context(ca_pem: str | None) -> ssl.SSLContext:
     return ctx
 
 
-class _VerifyingTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 ships no type hints
+class VerifyingTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 ships no type hints
     """ldap3's Tls turns OpenSSL's host name check off; this one wraps with our context instead."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
@@ -253,7 +253,7 @@ class LdapDirectory:
             # Never send the bind password in clear text, whatever the spec says.
             raise DirectoryError("InvalidConfig", "ldap:// URLs require startTLS")
         server = ldap3.Server(parts.hostname, port=parts.port or (636 if ldaps else 389), use_ssl=ldaps,
-                              tls=_VerifyingTls(self._tls or tls_context(s.ca_pem)),
+                              tls=VerifyingTls(self._tls or tls_context(s.ca_pem)),
                               connect_timeout=s.connect_timeout, get_info=ldap3.NONE)
         conn = ldap3.Connection(server, user=s.bind_dn, password=self._password,
                                 authentication=ldap3.SIMPLE, read_only=True, raise_exceptions=True,

@@ -148,7 +148,10 @@ class LocalEnv:
     def ldap_ready(self) -> bool:
         import ldap3
 
-        tls = ldap3.Tls(ca_certs_file=str(self.ca_file), validate=ssl.CERT_REQUIRED)
+        from mlsec.clients.ldap import VerifyingTls, tls_context
+
+        # The operator's own TLS check (ldap3's own host name match misses IP SANs on 3.12+).
+        tls = VerifyingTls(tls_context(self.ca_file.read_text()))
         server = ldap3.Server(self.ldap_url, use_ssl=True, tls=tls, connect_timeout=2)
         conn = ldap3.Connection(server, slapd.ADMIN_DN, self.ldap_admin_password, receive_timeout=2)
         try:
