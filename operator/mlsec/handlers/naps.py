@@ -11,12 +11,18 @@ limit of its own; the time limit is :func:`asyncio.wait`'s, which raises nothing
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
-import kopf
+
+class Stopped(Protocol):
+    """A stop flag: kopf's ``DaemonStopped`` waiter, or an :class:`asyncio.Event`."""
+
+    def wait(self) -> Awaitable[Any]: ...
 
 
-async def nap(stopped: kopf.DaemonStopped, seconds: float, wake: asyncio.Event | None = None) -> None:
-    """Until the daemon is stopped, ``wake`` is set, or ``seconds`` passed."""
+async def nap(stopped: Stopped, seconds: float, wake: asyncio.Event | None = None) -> None:
+    """Until ``stopped`` is set, ``wake`` is set, or ``seconds`` passed."""
     waiters = {asyncio.ensure_future(stopped.wait())}
     if wake is not None:
         waiters.add(asyncio.ensure_future(wake.wait()))

@@ -1,12 +1,10 @@
 """LDAP → RBAC: platform-role Roles and RoleBindings of a namespace, synced from LDAP groups.
 
 When: on create/update/resume of the namespace's active MLSecurityPolicy, and then every
-``spec.ldap.syncInterval``, scheduled by one async kopf daemon per policy that sleeps until the
-next sync is due (re-checking at least every TICK_SECONDS) and runs it in a worker thread. An
-*async* daemon because a sync one would hold a handler thread (8 here) for the policy's whole
-life; a daemon rather than a timer because kopf's timer interval is fixed while ours comes from
-the spec and from the failure backoff, and a short-tick timer logs a line per tick. Like a timer,
-a daemon makes kopf put its finalizer on the policy (removed by kopf when the policy is deleted).
+``spec.ldap.syncInterval`` (or the failure backoff), by one operator-wide loop that looks every
+TICK_SECONDS for namespaces whose sync is due, reads their policy and syncs each in a worker
+thread (kopf's timers have a fixed interval; a daemon per policy cost a task and the policy's
+kept body per namespace).
 
 Fail-safe: if anything cannot be read (LDAP down, bad credentials, a search failing part-way,
 Secret missing), no Role or RoleBinding is touched. LDAPSynced turns False with the reason; an
@@ -30,7 +28,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import copy
+import functools
 import logging
 import threading
 import time
@@ -51,10 +49,9 @@ from mlsec.builders.conditions import Cond, rfc3339
 from mlsec.builders.meta import DESIRED_HASH_ANNOTATION, Obj
 from mlsec.clients.kube import KubeError
 from mlsec.clients.ldap import DirectoryClient, DirectoryError, DirectorySettings, LdapDirectory
-from mlsec.handlers import context, leader
+from mlsec.handlers import context, leader, loops
 from mlsec.handlers.metrics import WRITES
-from mlsec.handlers.naps import nap
-from mlsec.handlers.policy import KIND, PLURAL, active_policy_name
+from mlsec.handlers.policy import API, KIND, PLURAL, active_policy, active_policy_name
 from mlsec.handlers.status import status_differs, write_status
 
 log = logging.getLogger(__name__)
@@ -193,20 +190,50 @@ def ldap_policy_changed(body: kopf.Body, namespace: str, name: str,
         sync_namespace(namespace, body)
 
 
-# initial_delay: the create/resume handler makes the first sync; the daemon keeps it fresh.
-@kopf.daemon(GROUP, VERSION, PLURAL, id="ldap-rbac-schedule", initial_delay=TICK_SECONDS,
-             cancellation_timeout=10)
-async def ldap_sync_schedule(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str,
-                             uid: str, policies_by_namespace: kopf.Index[str, tuple[str, str]],
-                             **_: Any) -> None:
-    while not stopped:
-        state = _state(namespace, uid)
-        if (leader.leading() and _is_active(policies_by_namespace, namespace, name)
-                and time.monotonic() >= state.next_due and not state.lock.locked()):
-            # body is kopf's live view of the policy: hand the thread a stable copy.
-            snapshot = copy.deepcopy(dict(body))
-            await asyncio.to_thread(sync_namespace, namespace, snapshot, wait=False)
-        await nap(stopped, min(max(state.next_due - time.monotonic(), 0.5), TICK_SECONDS))
+# One loop for every namespace rather than a kopf daemon per policy: each daemon was a task with
+# its handler state, woke every few seconds, and made kopf keep the policy's whole body (~40 KiB a
+# namespace with its managed fields; bench/README.md, twelfth run). The create/resume handler
+# makes the first sync; this loop keeps it fresh, reading the policy when a sync is due.
+async def _schedule_loop() -> None:
+    running: dict[str, asyncio.Task[None]] = {}
+    try:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            index = leader.indexes().get("policies_by_namespace")
+            if index is None or not leader.leading():
+                continue
+            now = time.monotonic()
+            for namespace in sorted(index):  # read in the loop: namespaces come and go
+                entry = active_policy(index, namespace)
+                if entry is None or namespace in running:
+                    continue
+                state = _state(namespace, entry[4])
+                if now < state.next_due or state.lock.locked():
+                    continue
+                running[namespace] = asyncio.create_task(
+                    asyncio.to_thread(_scheduled_sync, namespace, entry[1], state))
+                running[namespace].add_done_callback(functools.partial(_done, running, namespace))
+    finally:  # the operator stops: a sync under way ends in its thread
+        for task in list(running.values()):
+            task.cancel()
+
+
+def _done(running: dict[str, asyncio.Task[None]], namespace: str, _: asyncio.Task[None]) -> None:
+    running.pop(namespace, None)
+
+
+def _scheduled_sync(namespace: str, name: str, state: _State) -> None:
+    try:
+        body = context.kube().get(API, KIND, namespace, name)
+    except KubeError as exc:  # an API outage: the same backoff as a failed sync's
+        log.info("LDAP sync of %s postponed: the policy cannot be read: %s", namespace, exc.message)
+        state.next_due = time.monotonic() + RETRY_FIRST_SECONDS
+        return
+    if body is not None and (body.get("metadata") or {}).get("uid") == state.uid:
+        sync_namespace(namespace, body, wait=False)
+
+
+loops.operator_loop("ldap-rbac-schedule", _schedule_loop)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="ldap-rbac", optional=True)

@@ -5,20 +5,20 @@ MLSecurityPolicy (spec, status) and its ModelDeployments (spec, status); here we
 write it by server-side apply when it differs from the live one. The Report is owned by the
 policy (the garbage collector removes it with the policy).
 
-When: one async kopf daemon per MLSecurityPolicy (only the active policy's daemon on the elected
-leader works) wakes when a ModelDeployment or a policy of its namespace changes (watch events
-→ :func:`mark`) and every :data:`PERIOD` seconds (LDAP freshness is a matter of time). A burst of
-events is collapsed: the daemon waits until the namespace has been quiet for :data:`SETTLE`
-seconds (at most :data:`MAX_DELAY`) and computes at most once per :data:`MIN_INTERVAL` (longer
-after a slow write, see :data:`PACE`), so 200 models created at once cause a handful of writes,
-not 200. The inputs come from watch streams (the models' records in
-:mod:`mlsec.handlers.model_store`, the policy's live body): computing costs no API call.
+When: one task per namespace with an active MLSecurityPolicy, on the elected leader (started and
+stopped by one operator-wide loop), wakes when a ModelDeployment or a policy of its namespace
+changes (watch events → :func:`mark`) and every :data:`PERIOD` seconds (LDAP freshness is a
+matter of time). A burst of events is collapsed: the task waits until the namespace has been quiet
+for :data:`SETTLE` seconds (at most :data:`MAX_DELAY`) and computes at most once per
+:data:`MIN_INTERVAL` (longer after a slow write, see :data:`PACE`), so 200 models created at
+once cause a handful of writes, not 200. The models come from their watch stream (the records in
+:mod:`mlsec.handlers.model_store`); the policy is read once per computation.
 
 Idle: the last Report written (or read) is kept; a recompute that yields the same object writes
 nothing and reads nothing. Every :data:`RESYNC` seconds the live Report is read once, so that an
 edited or deleted Report is put back.
 
-Without the OpenReports CRDs: said once (at start-up, or when they disappear), then the daemons
+Without the OpenReports CRDs: said once (at start-up, or when they disappear), then the tasks
 only export metrics; the CRDs are looked for again at most every :data:`RECHECK` seconds
 (one list call for the whole operator), and Reports are written as soon as they exist.
 """
@@ -40,9 +40,11 @@ from prometheus_client import REGISTRY
 from mlsec import GROUP, VERSION
 from mlsec.builders import report as rb
 from mlsec.clients.kube import KubeError
-from mlsec.handlers import context, leader, metrics, model_store, rbac
+from mlsec.handlers import context, leader, loops, metrics, model_store, rbac
 from mlsec.handlers.metrics import WRITES
 from mlsec.handlers.naps import nap
+from mlsec.handlers.policy import API as POLICY_API
+from mlsec.handlers.policy import KIND as POLICY_KIND
 from mlsec.handlers.policy import PLURAL as POLICY_PLURAL
 from mlsec.handlers.policy import active_policy_name
 from mlsec.handlers.settings import CONFIG
@@ -57,7 +59,7 @@ PACE = 3.0  # ... and after a write that took W seconds, none for PACE x W (a bu
 PERIOD = 60.0  # recompute anyway (in memory; LDAP freshness depends on time)
 RESYNC = 300.0  # read the live Report again (someone may have edited or deleted it)
 RECHECK = 300.0  # look for the OpenReports CRDs again while they are missing
-TICK = 2.0  # how often an idle daemon checks whether it was stopped or became active
+TICK = 2.0  # how often the loop looks for namespaces to start or stop, and an idle task for models
 
 COMPLIANCE_RESULTS = metrics.NamespaceCounts(
     "mlsec_compliance_results",
@@ -98,7 +100,7 @@ def status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
 
 @kopf.index(GROUP, VERSION, POLICY_PLURAL)
 async def report_policy_trigger(namespace: str, **_: Any) -> None:
-    """Indexes nothing: wakes the namespace's daemon on any change of a policy (spec or status)."""
+    """Indexes nothing: wakes the namespace's task on any change of a policy (spec or status)."""
     mark(namespace)
 
 
@@ -183,7 +185,7 @@ def _probe_at_startup(**_: Any) -> None:
 
 
 class NamespaceReport:
-    """Computes and writes one namespace's Report; called from one daemon, one call at a time."""
+    """Computes and writes one namespace's Report; called from one task, one call at a time."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
@@ -266,46 +268,73 @@ def _model_facts(entries: Iterable[ModelEntry]) -> list[rb.ObjectFacts]:
             for name, uid, spec, status, deleting in entries if not deleting]
 
 
-def _recompute(state: NamespaceReport, policy: rb.ObjectFacts, namespace: str) -> bool:
+def _recompute(state: NamespaceReport, name: str, namespace: str) -> bool:
+    """Compute (and write if changed) from the policy as the API server has it now; False if
+    it is gone (its successor's task takes over)."""
+    body = context.kube().get(POLICY_API, POLICY_KIND, namespace, name)
+    if body is None:
+        return False
     entries = context.snapshot(model_store.STORE.report_models, namespace)
-    return state.recompute(policy, _model_facts(entries), datetime.now(UTC))
+    return state.recompute(_policy_facts(body), _model_facts(entries), datetime.now(UTC))
 
 
-# --- the daemon ------------------------------------------------------------------------------------
+# --- the tasks -------------------------------------------------------------------------------------
 
 
-# cancellation_backoff: the stop is signalled first; the loop exits at once unless a computation
-# (an API call, bounded by the client's timeouts) is running.
-@kopf.daemon(GROUP, VERSION, POLICY_PLURAL, id="compliance-report", cancellation_backoff=10,
-             cancellation_timeout=30)
-async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str,
-                            policies_by_namespace: kopf.Index[str, Any], **_: Any) -> None:
+# One loop starts and stops a task per namespace with an active policy, rather than a kopf daemon
+# per policy: each daemon was a task with kopf's handler state and made kopf keep the policy's
+# whole body (~40 KiB a namespace with its managed fields; bench/README.md, twelfth run). The
+# policy is read when a Report is computed (its status is part of the Report).
+async def _reports_loop() -> None:
+    tasks: dict[str, tuple[str, asyncio.Event, asyncio.Task[None]]] = {}  # namespace → policy, stop, task
+    try:
+        while True:
+            index = leader.indexes().get("policies_by_namespace")
+            wanted: dict[str, str] = {}
+            if index is not None and leader.leading():
+                for namespace in sorted(index):
+                    active = active_policy_name(index, namespace)
+                    if active is not None:
+                        wanted[namespace] = active
+            for namespace, (name, stop, task) in list(tasks.items()):
+                if task.done():  # retired (a policy superseded or gone, leadership lost)
+                    del tasks[namespace]
+                elif wanted.get(namespace) != name:
+                    stop.set()  # it retires first; its successor starts on a later tick
+            for namespace, name in wanted.items():
+                if namespace not in tasks:
+                    stop = asyncio.Event()
+                    task = asyncio.create_task(compliance_report(stop, namespace, name),
+                                               name=f"compliance-report/{namespace}")
+                    tasks[namespace] = (name, stop, task)
+            await asyncio.sleep(TICK)
+    finally:  # the operator stops: a computation under way ends in its thread
+        for _, stop, task in tasks.values():
+            stop.set()
+            task.cancel()
+
+
+loops.operator_loop("compliance-reports", _reports_loop)
+
+
+async def compliance_report(stopped: asyncio.Event, namespace: str, name: str) -> None:
+    """Keep the namespace's Report current while policy ``name`` is in force (until stopped)."""
     store = model_store.STORE
     state = NamespaceReport(namespace)
     loop = asyncio.get_running_loop()
     event = _event(namespace)
-    active = False
-    last_run = next_due = 0.0
+    last_run = next_due = 0.0  # newly responsible: trust nothing cached, compute at once
     count = -1  # models in the index at the last computation (deletions do not call the index)
     failures = 0
     try:
-        while not stopped:
-            if not (leader.leading() and active_policy_name(policies_by_namespace, namespace) == name):
-                if active:
-                    state.retire()
-                active = False
-                await nap(stopped, TICK)
-                continue
-            if not active:  # newly responsible: trust nothing cached, compute at once
-                state.forget()
-                active, next_due = True, 0.0
+        while not stopped.is_set():
             if not event.is_set() and loop.time() < next_due \
                     and store.count(namespace) == count:  # counted, not parsed, every tick
                 await nap(stopped, min(TICK, next_due - loop.time()), event)
                 continue
             # Let a burst of events settle (at most MAX_DELAY), then keep to MIN_INTERVAL.
             woke = loop.time()
-            while not stopped:
+            while not stopped.is_set():
                 event.clear()
                 await nap(stopped, SETTLE)
                 if not event.is_set() or loop.time() - woke >= MAX_DELAY:
@@ -313,16 +342,15 @@ async def compliance_report(stopped: kopf.DaemonStopped, body: kopf.Body, namesp
             pause = last_run + max(MIN_INTERVAL, PACE * state.write_seconds) - loop.time()
             if pause > 0:
                 await nap(stopped, pause)
-            if stopped:
+            if stopped.is_set():
                 break
             event.clear()
-            policy = _policy_facts(body)
             # Parsed in the worker thread and dropped with it: kept in this coroutine's frame,
             # every namespace's parsed models stayed alive between two Reports (15 MiB at 5,000).
             count = store.count(namespace)
             log.debug("recomputing the Report of %s (%d models)", namespace, count)
             try:
-                await asyncio.to_thread(_recompute, state, policy, namespace)
+                await asyncio.to_thread(_recompute, state, name, namespace)
             except Exception as exc:
                 failures += 1
                 text = f"{type(exc).__name__}: {exc}"

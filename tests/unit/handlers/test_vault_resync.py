@@ -3,12 +3,14 @@ keeps the whole body of every object of a kind with a timer, matching or not).""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import kopf
 
 from mlsec.handlers import (
     deployment,  # noqa: F401 - registers every model handler
+    main,
     vault,
 )
 
@@ -31,9 +33,18 @@ def test_candidates_are_the_models_using_vault_or_still_holding_its_objects() ->
     assert vault.resync_candidates({}) == []
 
 
-def test_no_timer_or_daemon_on_models() -> None:
-    """A spawning handler on ModelDeployments would make kopf keep every model's body."""
-    spawning = kopf.get_default_registry()._spawning.get_all_handlers()
-    plurals = {h.selector.plural or h.selector.any_name for h in spawning if h.selector is not None}
-    assert "mlsecuritypolicies" in plurals  # the check sees the policies' daemons and timers
-    assert "modeldeployments" not in plurals
+def spawning_plurals(registry: kopf.OperatorRegistry) -> set[str]:
+    spawning = registry._spawning.get_all_handlers()
+    return {h.selector.plural or h.selector.any_name or "" for h in spawning if h.selector is not None}
+
+
+def test_no_timer_or_daemon_on_any_kind() -> None:
+    """A spawning handler makes kopf keep the whole body of every object of its kind: models
+    (~20 KiB each) and policies (~40 KiB each with their managed fields) are served by
+    operator-wide loops instead (mlsec.handlers.loops)."""
+    premise = kopf.OperatorRegistry()
+    kopf.daemon("mlsec.io", "v1alpha1", "mlsecuritypolicies", registry=premise)(lambda **_: None)
+    assert spawning_plurals(premise) == {"mlsecuritypolicies"}  # the check sees a daemon
+    for module in main.HANDLER_MODULES:  # every handler the operator registers
+        importlib.import_module(module)
+    assert spawning_plurals(kopf.get_default_registry()) == set()
