@@ -44,7 +44,7 @@ from mlsec.builders.conditions import Cond
 from mlsec.clients.vault import Vault, VaultError
 from mlsec.handlers import context, leader, loops, promotion
 from mlsec.handlers.settings import CONFIG
-from mlsec.handlers.status import write_status
+from mlsec.handlers.status import status_differs, write_status
 from mlsec.handlers.vault import vault_client
 
 API = f"{GROUP}/{VERSION}"
@@ -435,13 +435,16 @@ def check_policy_audit(body: Mapping[str, Any], namespace: str, indexes: dict[st
     cond = _audit_condition(enabled, message)
     # auditDevice is a boolean in the schema: leave it out while Vault cannot be asked.
     fields = {"vault": {"auditDevice": enabled}} if enabled is not None else {}
+    if not status_differs(body, [cond], fields, owner=STATUS_OWNER):
+        return False
+    # The ledger first: once the condition says "no audit device", promotions are refused.
+    if "approvals_by_namespace" in indexes:
+        try:
+            promotion.refresh(namespace, indexes)
+        except Exception:  # the ledger's own timer tries again
+            log.exception("refreshing the promotion ledger of %s failed", namespace)
     changed = write_status(POLICY_KIND, body, [cond], fields, owner=STATUS_OWNER)
     if changed:
-        kopf.event(dict(body), type="Normal" if enabled else "Warning", reason=cond.reason,
-                   message=message)
-        if "approvals_by_namespace" in indexes:
-            try:
-                promotion.refresh(namespace, indexes)
-            except Exception:  # the ledger's own timer tries again
-                log.exception("refreshing the promotion ledger of %s failed", namespace)
+        # Written directly: the periodic check runs outside any kopf handler (no kopf.event).
+        context.post_event(body, "Normal" if enabled else "Warning", cond.reason, message)
     return changed

@@ -550,6 +550,6 @@ def _change_text(written: Sequence[str], deleted: Sequence[str], added: Mapping[
 
 
 def _event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    # Outside a running operator (benchmark, tests) there is no event poster: skip silently.
-    with contextlib.suppress(LookupError):
-        kopf.event(dict(body), type=type_, reason=reason, message=message)
+    # Written directly: a scheduled sync runs outside any kopf handler, where kopf.event has no
+    # poster.
+    context.post_event(body, type_, reason, message)
