@@ -84,6 +84,10 @@ class Setup:
     def policy(self) -> dict[str, Any]:
         return dict(self.custom.get_namespaced_custom_object(*API, self.ns, PLURAL, "default"))
 
+    def event_messages(self, reason: str) -> list[str]:
+        events = self.core.list_namespaced_event(self.ns).items
+        return [e.message for e in events if e.reason == reason]
+
     def condition(self) -> dict[str, Any] | None:
         for c in (self.policy().get("status") or {}).get("conditions", []):
             if c["type"] == "LDAPSynced":
@@ -214,6 +218,9 @@ def test_membership_changes_follow_ldap_within_one_interval(
                    what="bob's binding removed")
         assert time.monotonic() - removed_at <= INTERVAL + 3  # next due sync, ±polling
         assert setup.bindings() == {**EXPECTED, "model_deployer": []}  # nobody else touched
+        # The scheduled sync (an operator-wide loop, outside any kopf handler) says what changed.
+        wait_until(lambda: any("-bob model_deployer" in m for m in setup.event_messages("RBACSynced")),
+                   timeout=10, what="the RBACSynced event of the scheduled sync")
         assert directory.modify(engineers, {"member": [(ldap3.MODIFY_REPLACE, [bob])]}), directory.result
         wait_until(lambda: setup.bindings() == EXPECTED, timeout=INTERVAL + 10,
                    what="bob's binding restored")

@@ -283,7 +283,7 @@ def _recompute(state: NamespaceReport, name: str, namespace: str) -> bool:
 
 # One loop starts and stops a task per namespace with an active policy, rather than a kopf daemon
 # per policy: each daemon was a task with kopf's handler state and made kopf keep the policy's
-# whole body (~40 KiB a namespace with its managed fields; bench/README.md, twelfth run). The
+# whole body (~28 KiB a namespace with its managed fields; bench/README.md, twelfth run). The
 # policy is read when a Report is computed (its status is part of the Report).
 async def _reports_loop() -> None:
     tasks: dict[str, tuple[str, asyncio.Event, asyncio.Task[None]]] = {}  # namespace → policy, stop, task
