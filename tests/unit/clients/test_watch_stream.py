@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -104,3 +106,42 @@ def test_what_is_known_of_each_object_comes_back_exactly() -> None:
     k.pop(("other", "none"))
     k.pop(("other", "none"))  # twice: no error
     assert sorted(k) == [("ns", "sa"), ("ns", "svc"), ("ns", "two")]
+
+
+class Paged:
+    """A transport whose listings answer three pages of three objects, slowly; it logs each
+    request and the caller logs each object it handles."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.log = log
+
+    def request(self, method: str, path: str, query: list[tuple[str, Any]], **_: Any) -> dict[str, Any]:
+        kind = path.rsplit("/", 1)[-1]
+        page = int(dict(query).get("continue") or 0)
+        self.log.append(("page", kind))
+        time.sleep(0.005)  # the other threads run meanwhile
+        items = [obj(f"{kind}-{page}-{i}", "1") for i in range(3)]
+        return {"items": items, "metadata": {"resourceVersion": "9",
+                                             "continue": str(page + 1) if page < 2 else ""}}
+
+
+def test_listings_hold_one_page_at_a_time_across_watches() -> None:
+    """Every watch lists at start-up: their pages are read and handled one at a time, so one page
+    of parsed objects is alive, not one per watch (bench/README.md, twelfth run)."""
+    log: list[tuple[str, str]] = []
+
+    def handle(_: str | None, body: dict[str, Any]) -> None:
+        log.append(("object", body["metadata"]["name"].split("-")[0]))
+        time.sleep(0.001)
+
+    watches = [ListWatch(Paged(log), "v1", "ConfigMap", f"/api/v1/{k}", "", handle)
+               for k in ("a", "b", "c", "d")]
+    threads = [threading.Thread(target=w.relist) for w in watches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(log) == 4 * 3 * (1 + 3)
+    for start in range(0, len(log), 4):  # each page request, then its three objects, unbroken
+        (what, kind), *objects = log[start:start + 4]
+        assert what == "page" and objects == [("object", kind)] * 3, log[start:start + 4]
