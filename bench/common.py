@@ -406,7 +406,7 @@ class Operator:
         environ["MLSEC_BENCH_KOPF"] = self.kopf
         environ.update(self.environ)
         module = "bench.kopf_variant" if self.kopf or environ.get("MLSEC_BENCH_TRACEMALLOC") \
-            or environ.get("MLSEC_BENCH_OBJECTS") else "mlsec"
+            or environ.get("MLSEC_BENCH_OBJECTS") or environ.get("MLSEC_BENCH_PEAKS") else "mlsec"
         cmd = [sys.executable, "-m", module, "run", "--metrics-port", str(self.metrics_port),
                "--health-port", str(self.health_port), "--bind-address", "127.0.0.1",
                "--audit-file", str(self.workdir / "audit.jsonl"), *self.extra]

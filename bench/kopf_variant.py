@@ -12,7 +12,9 @@ its own bookkeeping doubles the memory) and writes the live ones to FILE on SIGU
 snapshot itself as FILE.snapshot (to compare two levels); $MLSEC_BENCH_TRACEMALLOC_FRAMES frames
 are kept per allocation (12; 1 is several times faster: 5,000 models in minutes, not hours). With
 $MLSEC_BENCH_OBJECTS=FILE it writes on SIGUSR2 the most numerous live object types and the size
-of the bodies kopf keeps for daemons and timers (cheap: no tracing).
+of the bodies kopf keeps for daemons and timers (cheap: no tracing). With $MLSEC_BENCH_PEAKS=FILE
+it appends to FILE, at each new high of pymalloc's 64-byte blocks in use (sampled every second),
+what each thread was running.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+import threading
+import time
 import tracemalloc
 from types import FrameType, FunctionType
 from typing import Any
@@ -283,7 +288,55 @@ def _dump_object_counts(_signum: int, _frame: FrameType | None) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def _small_blocks(size: int) -> int:
+    """pymalloc's blocks in use of one size class, from ``sys._debugmallocstats`` (it writes to
+    the C stderr: redirected to a temporary file for the call)."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        for line in out.read().decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[1] == str(size) and parts[0].isdigit():
+                return int(parts[3])
+    return 0
+
+
+def _sample_peaks(path: str, size: int = 64, every: float = 1.0) -> None:
+    """Every ``every`` s, pymalloc's live blocks of ``size`` bytes; at each new high, what every
+    thread was running (innermost frames of ours, kopf's and the libraries'), written to
+    ``path``: what builds the transient peaks that leave pools pinned (bench/README.md)."""
+    high = 0
+    while True:
+        time.sleep(every)
+        n = _small_blocks(size)
+        if n <= high:
+            continue
+        high = n
+        stacks = []
+        for ident, frame in sys._current_frames().items():
+            if ident == threading.get_ident():
+                continue
+            names = []
+            f: FrameType | None = frame
+            while f is not None and len(names) < 8:
+                names.append(f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_code.co_name}")
+                f = f.f_back
+            stacks.append(" < ".join(names))
+        with open(path, "a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {size}-byte blocks in use: {n}\n")
+            out.writelines(f"    {s}\n" for s in stacks)
+
+
 if __name__ == "__main__":
+    if os.environ.get("MLSEC_BENCH_PEAKS"):
+        threading.Thread(target=_sample_peaks, args=(os.environ["MLSEC_BENCH_PEAKS"],),
+                         name="bench-peaks", daemon=True).start()
     if os.environ.get("MLSEC_BENCH_OBJECTS"):
         signal.signal(signal.SIGUSR2, _dump_object_counts)
     if os.environ.get("MLSEC_BENCH_TRACEMALLOC"):
