@@ -14,7 +14,8 @@ are kept per allocation (12; 1 is several times faster: 5,000 models in minutes,
 $MLSEC_BENCH_OBJECTS=FILE it writes on SIGUSR2 the most numerous live object types and the size
 of the bodies kopf keeps for daemons and timers (cheap: no tracing). With $MLSEC_BENCH_PEAKS=FILE
 it appends to FILE, at each new high of pymalloc's 64-byte blocks in use (sampled every second),
-what each thread was running.
+what each thread was running, and with tracing on saves the allocations alive then as
+FILE.high.snapshot.
 """
 
 from __future__ import annotations
@@ -308,13 +309,14 @@ def _small_blocks(size: int) -> int:
 
 
 def _sample_peaks(path: str, size: int = 64, every: float = 1.0) -> None:
-    """Every ``every`` s, pymalloc's live blocks of ``size`` bytes; at each new high, what every
-    thread was running (innermost frames of ours, kopf's and the libraries'), written to
-    ``path``: what builds the transient peaks that leave pools pinned (bench/README.md)."""
+    """Every ``every`` s, pymalloc's live blocks of ``size`` bytes (or, tracing, the bytes
+    traced); at each new high, what every thread was running, written to ``path``: what builds
+    the transient peaks that leave pools pinned (bench/README.md)."""
     high = 0
     while True:
         time.sleep(every)
-        n = _small_blocks(size)
+        # With tracing on, pymalloc's statistics are not printed: the traced total instead.
+        n = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else _small_blocks(size)
         if n <= high:
             continue
         high = n
@@ -329,8 +331,11 @@ def _sample_peaks(path: str, size: int = 64, every: float = 1.0) -> None:
                 f = f.f_back
             stacks.append(" < ".join(names))
         with open(path, "a") as out:
-            out.write(f"{time.strftime('%H:%M:%S')} {size}-byte blocks in use: {n}\n")
+            what = "bytes traced" if tracemalloc.is_tracing() else f"{size}-byte blocks in use"
+            out.write(f"{time.strftime('%H:%M:%S')} {what}: {n}\n")
             out.writelines(f"    {s}\n" for s in stacks)
+        if tracemalloc.is_tracing():  # what is alive at the high, to compare with a settled level
+            tracemalloc.take_snapshot().dump(f"{path}.high.snapshot")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ POLICY_KIND = "MLSecurityPolicy"
 STATUS_OWNER = "mlsec-operator-people"
 CONDITION = "VaultAuditEnabled"
 # How often each policy's audit-device check runs (tests shorten it).
+MODEL_PAGE = 100
+"""Models per page when the sync reads them: a page of 500 was ~7 MB of parsed objects (88,000,
+most of them 64-byte dicts and strings) in flight after every change of a burst, the peak that
+left pymalloc's pools pinned (bench/README.md, twelfth run)."""
 AUDIT_INTERVAL = float(os.environ.get("MLSEC_VAULT_AUDIT_SECONDS", "30"))
 AUDIT_CACHE_SECONDS = 5.0
 RESYNC_SECONDS = 300.0
@@ -208,7 +212,7 @@ def sync_from_api() -> SyncReport | None:
         pol_items += kube.list(API, POLICY_KIND, ns)
         # Reduced page by page to what the policies read: the whole cluster's models held and
         # validated at once, after every change in a burst, left 25 MiB of arenas at 5,000.
-        for item in kube.iter_list(API, "ModelDeployment", ns):
+        for item in kube.iter_list(API, "ModelDeployment", ns, page_size=MODEL_PAGE):
             if (use := _kv_use(item)) is not None:
                 uses.setdefault(use.namespace, []).append(use)
     pols = _policies_in_force(pol_items)
