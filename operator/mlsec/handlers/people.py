@@ -51,11 +51,11 @@ API = f"{GROUP}/{VERSION}"
 POLICY_KIND = "MLSecurityPolicy"
 STATUS_OWNER = "mlsec-operator-people"
 CONDITION = "VaultAuditEnabled"
-# How often each policy's audit-device check runs (tests shorten it).
 MODEL_PAGE = 100
 """Models per page when the sync reads them: a page of 500 was ~7 MB of parsed objects (88,000,
 most of them 64-byte dicts and strings) in flight after every change of a burst, the peak that
 left pymalloc's pools pinned (bench/README.md, twelfth run)."""
+# How often each policy's audit-device check runs (tests shorten it).
 AUDIT_INTERVAL = float(os.environ.get("MLSEC_VAULT_AUDIT_SECONDS", "30"))
 AUDIT_CACHE_SECONDS = 5.0
 RESYNC_SECONDS = 300.0
