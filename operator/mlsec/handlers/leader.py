@@ -145,6 +145,12 @@ def remember_indexes(kwargs: dict[str, Any]) -> None:
             _indexes[key] = kwargs[key]
 
 
+def policy_index() -> Any | None:
+    """kopf's policies-by-namespace index when this replica leads and kopf has delivered it, else
+    None: what the operator-wide loops walk (they do nothing off the leader)."""
+    return _indexes.get("policies_by_namespace") if leading() else None
+
+
 def indexes() -> dict[str, Any]:
     """The kopf indexes remembered so far (live views; copy a key with context.snapshot)."""
     return dict(_indexes)

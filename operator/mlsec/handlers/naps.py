@@ -1,4 +1,5 @@
-"""Daemons' interruptible sleep, without kopf's time-limited ``stopped.wait(n)``.
+"""Interruptible sleep for long-running tasks (the compliance Reports'), without kopf's
+time-limited ``stopped.wait(n)``, which the kopf daemons of earlier versions used.
 
 ``await stopped.wait(n)`` runs a task of its own that ends in ``TimeoutError`` when the ``n``
 seconds pass (kopf 1.45): the daemon's side catches it, but when the operator stops at that

@@ -410,10 +410,10 @@ def audit_device_on_change(body: kopf.Body, namespace: str, **kwargs: Any) -> No
 async def _audit_loop() -> None:
     while True:
         await asyncio.sleep(AUDIT_INTERVAL)
-        indexes = leader.indexes()
-        index = indexes.get("policies_by_namespace")
-        if index is None or not leader.leading():
+        index = leader.policy_index()
+        if index is None:
             continue
+        indexes = leader.indexes()
         for namespace in sorted(index):
             for entry in context.snapshot(index, namespace):
                 if entry[3].get("vault"):

@@ -202,8 +202,8 @@ async def _schedule_loop() -> None:
         while True:
             await asyncio.sleep(pause)
             pause = TICK_SECONDS
-            index = leader.indexes().get("policies_by_namespace")
-            if index is None or not leader.leading():
+            index = leader.policy_index()
+            if index is None:
                 continue
             now = time.monotonic()
             for namespace in sorted(index):  # read in the loop: namespaces come and go

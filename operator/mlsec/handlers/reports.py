@@ -295,9 +295,9 @@ async def _reports_loop() -> None:
     computing = asyncio.Semaphore(COMPUTING)
     try:
         while True:
-            index = leader.indexes().get("policies_by_namespace")
+            index = leader.policy_index()
             wanted: dict[str, str] = {}
-            if index is not None and leader.leading():
+            if index is not None:
                 for namespace in sorted(index):
                     active = active_policy_name(index, namespace)
                     if active is not None:
