@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from aiohttp import web
 from kopf._core.engines import admission as engine
 
 from mlsec import GROUP
 from mlsec.clients import discovery
 from mlsec.clients.kube import Kube, KubeError
 from mlsec.handlers import admission_dispatch as dispatch
-from mlsec.handlers import metrics, webhook_tls
+from mlsec.handlers import metrics, webhook_http1, webhook_tls
 from mlsec.handlers.settings import OperatorConfig
 
 MANAGED = GROUP  # name of both webhook configurations
@@ -78,8 +77,8 @@ def client_config(config: Mapping[str, Any], service: tuple[str, str, int] | Non
 
 class Server(kopf.WebhookServer):
     """kopf's webhook server (its TLS set-up, certificate reloads, client configs), serving our
-    routes directly (:mod:`admission_dispatch`) over HTTP/1.1 and HTTP/2 (:mod:`webhook_h2`),
-    with the request uid for audit records and Service references."""
+    routes directly (:mod:`admission_dispatch`) over HTTP/2 (:mod:`webhook_h2`) and HTTP/1.1
+    (:mod:`webhook_http1`), with the request uid for audit records and Service references."""
 
     def __init__(self, *, service: tuple[str, str, int] | None = None,
                  routes: Mapping[str, dispatch.Route] | None = None, **kwargs: Any) -> None:
@@ -136,43 +135,30 @@ class Server(kopf.WebhookServer):
 
     async def _listen(self, fn: Any) -> AsyncIterator[Any]:
         """kopf's serving loop (``WebhookServer.__call__``: serve, yield the client config, restart
-        when the certificate files change), with one listening socket for both protocols. HTTP/1.1
-        is aiohttp's low-level server (no application, router or middleware on the way: ~15 % of
-        its CPU per request): our hooks are the only paths served, as over HTTP/2."""
+        when the certificate files change), with one listening socket for both protocols and our
+        hooks the only paths served (:mod:`webhook_h2`, :mod:`webhook_http1`)."""
 
-        async def serve_http1(request: web.BaseRequest) -> web.StreamResponse:
-            if request.method != "POST":
-                return web.Response(status=405, text="only POST is served here\n")
-            hook = self._hook(request.path)
-            if hook is None:
-                return web.Response(status=404, text="no such webhook\n")
-            _COUNT_HTTP1()
-            try:
-                body = await self._answer(fn, hook, await request.read())
-            except dispatch.BadRequest as exc:
-                raise web.HTTPBadRequest(reason=str(exc) or None) from None
-            return web.Response(body=body, content_type="application/json")
-
-        async def answer_h2(path: str, raw: bytes | bytearray) -> bytes:
-            hook = self._hook(path)
-            if hook is None:
-                raise dispatch.NotFound(path)
-            _COUNT_H2()
-            return await self._answer(fn, hook, raw)
+        def answerer(count: Callable[[], None]) -> Callable[[str, bytes | bytearray], Any]:
+            async def answer(path: str, raw: bytes | bytearray) -> bytes:
+                hook = self._hook(path)
+                if hook is None:
+                    raise dispatch.NotFound(path)
+                count()
+                return await self._answer(fn, hook, raw)
+            return answer
 
         from mlsec.handlers import webhook_h2  # h2 costs 1.3 MiB: only operators serving webhooks pay
 
+        answer_http1, answer_h2 = answerer(_COUNT_HTTP1), answerer(_COUNT_H2)
         loop = asyncio.get_running_loop()
         while True:
             cadata, context = self._build_ssl()
-            http1 = web.Server(serve_http1)
-            runner = web.ServerRunner(http1, handle_signals=False)
-            await runner.setup()
-            h2_connections: set[webhook_h2.H2Protocol] = set()
+            connections: set[Any] = set()
 
-            def protocol(http1: Any = http1, h2_connections: set[Any] = h2_connections) -> Any:
-                return webhook_h2.Negotiate(http1, lambda: webhook_h2.H2Protocol(
-                    answer_h2, connections=h2_connections))
+            def protocol(connections: set[Any] = connections) -> Any:
+                return webhook_h2.Negotiate(
+                    lambda: webhook_http1.H1Protocol(answer_http1, connections=connections),
+                    lambda: webhook_h2.H2Protocol(answer_h2, connections=connections))
 
             server = None
             try:
@@ -192,15 +178,14 @@ class Server(kopf.WebhookServer):
             finally:
                 if server is not None:
                     server.close()
-                await asyncio.gather(*(c.shutdown(SHUTDOWN_SECONDS) for c in list(h2_connections)))
-                await runner.cleanup()
+                await asyncio.gather(*(c.shutdown(SHUTDOWN_SECONDS) for c in list(connections)))
 
 
 ALPN = ["h2", "http/1.1"]  # HTTP/2 preferred: see mlsec.handlers.webhook_h2
 _COUNT_HTTP1 = metrics.WEBHOOK_REQUESTS.labels("http/1.1").inc
 _COUNT_H2 = metrics.WEBHOOK_REQUESTS.labels("h2").inc
 SHUTDOWN_SECONDS = 5.0
-"""How long a stopping server lets the HTTP/2 requests in progress finish."""
+"""How long a stopping server lets the requests in progress finish."""
 
 
 GATE_HOOK = "deployment-gate"

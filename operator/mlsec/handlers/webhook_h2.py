@@ -4,14 +4,14 @@ kube-apiserver calls a webhook with client-go's transport: HTTP/2 when the serve
 else HTTP/1.1 with at most 25 idle connections kept per host. Over HTTP/1.1 a burst of 100
 concurrent writes therefore opened ~75 new TLS connections every time, and each handshake cost
 the operator's event loop ~0.8 ms of CPU, three to five times the review itself
-(``bench/webhook_latency.py``). aiohttp serves HTTP/1.1 only, so the webhook port negotiates:
-``h2`` connections are served here (the ``h2`` library's state machine, our routes only),
-every other connection goes to aiohttp's HTTP/1.1 server (:class:`mlsec.handlers.webhook.Server`).
+(``bench/webhook_latency.py``). So the webhook port negotiates: ``h2`` connections are served
+here (the ``h2`` library's state machine, our routes only), every other connection by
+:mod:`mlsec.handlers.webhook_http1` (:class:`mlsec.handlers.webhook.Server`).
 
 Limits: ``MAX_STREAMS`` concurrent requests a connection (the client opens another connection
 beyond them), ``CONNECTION_WINDOW`` bytes in flight, a body of at most ``MAX_BODY`` bytes
-(aiohttp's default for HTTP/1.1); a connection without a request for ``IDLE_SECONDS`` is closed
-(GOAWAY first), as aiohttp closes an idle keep-alive connection.
+(as over HTTP/1.1); a connection without a request for ``IDLE_SECONDS`` is closed (GOAWAY
+first), as an idle HTTP/1.1 keep-alive connection is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import h2.config
@@ -30,11 +30,11 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from mlsec.handlers.admission_dispatch import BadRequest, NotFound
+from mlsec.handlers.webhook_http1 import IDLE_SECONDS, MAX_BODY, Answer
 
 log = logging.getLogger(__name__)
 
 MAX_STREAMS = 128
-MAX_BODY = 1024**2
 CONNECTION_WINDOW = 8 * 1024**2
 """What a client may send on a connection ahead of our reading it. HTTP/2's default, 64 KiB, is
 ~20 AdmissionReviews: a burst would wait for our WINDOW_UPDATEs round trip by round trip."""
@@ -44,14 +44,9 @@ FLUSH_EVERY = 16
 this many. Each written alone (a TLS record and a send each) cost ~50 µs of CPU more: 0.31 ms a
 promotion-gate request over HTTP/2 against 0.25 (``bench/webhook_latency.py``). Bounded so the
 first answers of a burst do not wait for the last."""
-IDLE_SECONDS = 75.0
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
-
-Answer = Callable[[str, bytes | bytearray], Awaitable[bytes]]
-"""(request path, body) → the response's JSON body; raises :class:`~.admission_dispatch.BadRequest`
-or :class:`~.admission_dispatch.NotFound`."""
 
 
 class Negotiate(asyncio.Protocol):

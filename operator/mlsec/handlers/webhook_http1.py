@@ -1,0 +1,256 @@
+"""HTTP/1.1 for the admission webhooks: one POST at a time per connection, our routes only.
+
+The webhook port serves HTTP/2 to clients that negotiate it (kube-apiserver does:
+:mod:`mlsec.handlers.webhook_h2`) and HTTP/1.1 to the rest. aiohttp's server cost more CPU per
+request than the TLS exchange and our decision together (a request object, a response object,
+its header machinery and a handler task: ~0.06 of the gate's ~0.28 ms), for a protocol subset
+this small: a POST of a JSON body with a Content-Length, answered with a JSON body. Anything
+else gets a clear status and, when the connection cannot be kept in step, ``Connection: close``.
+
+Kept strict, as a server in front of a security gate should be: no chunked bodies (411: every
+AdmissionReview client sends a Content-Length), no obsolete line folding, no space before a
+header's colon, one Content-Length value, never together with Transfer-Encoding (the request
+smuggling cases), a Host header in HTTP/1.1, at most ``MAX_HEAD`` bytes of request line and
+headers, at most ``MAX_BODY`` bytes of body. Pipelined requests are answered in order; a
+connection without a complete request for ``IDLE_SECONDS`` is closed, as aiohttp closes an idle
+keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from mlsec.handlers.admission_dispatch import BadRequest, NotFound
+
+log = logging.getLogger(__name__)
+
+Answer = Callable[[str, bytes | bytearray], Awaitable[bytes]]
+"""(request path, body) → the response's JSON body; raises :class:`~.admission_dispatch.BadRequest`
+or :class:`~.admission_dispatch.NotFound`. Both protocols answer with it."""
+MAX_BODY = 1024**2  # aiohttp's default, which served HTTP/1.1 here before
+IDLE_SECONDS = 75.0  # aiohttp's keep-alive timeout, likewise
+MAX_HEAD = 8 * 1024
+"""Request line and headers (aiohttp's limit per line was 8190; an AdmissionReview POST has ~200
+bytes of headers)."""
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+REASONS = {100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found",
+           405: b"Method Not Allowed", 411: b"Length Required", 413: b"Content Too Large",
+           417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
+           500: b"Internal Server Error", 503: b"Service Unavailable",
+           505: b"HTTP Version Not Supported"}
+
+
+class HeadError(Exception):
+    """A request head that cannot be served: answered with ``status`` and the connection closed
+    (what follows it on the connection cannot be framed reliably)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Head:
+    method: bytes
+    path: str
+    length: int
+    keep_alive: bool
+    expect_continue: bool
+
+
+def parse_head(head: bytes, max_body: int = MAX_BODY) -> Head:
+    """The request line and headers (without the blank line) → what serving needs (pure)."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise HeadError(400, "malformed request line")
+    method, target, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise HeadError(505 if version.startswith(b"HTTP/") else 400, "only HTTP/1.1 is served here")
+    fields: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+            raise HeadError(400, "malformed header line")
+        fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
+    if b"transfer-encoding" in fields:
+        if b"content-length" in fields:
+            raise HeadError(400, "both Transfer-Encoding and Content-Length")
+        raise HeadError(411, "a Content-Length is required (no chunked bodies)")
+    lengths = set(fields.get(b"content-length") or [b"0"])
+    if len(lengths) != 1 or not (length := lengths.pop()).isdigit():
+        raise HeadError(400, "invalid Content-Length")
+    size = int(length)
+    if size > max_body:
+        raise HeadError(413, "request body too large")
+    if version == b"HTTP/1.1" and len(fields.get(b"host") or []) != 1:
+        raise HeadError(400, "exactly one Host header is required")
+    tokens = {t.strip().lower() for v in fields.get(b"connection") or [] for t in v.split(b",")}
+    keep_alive = b"close" not in tokens and (version == b"HTTP/1.1" or b"keep-alive" in tokens)
+    expect = [v.lower() for v in fields.get(b"expect") or []]
+    if expect and expect != [b"100-continue"]:
+        raise HeadError(417, "only Expect: 100-continue is understood")
+    return Head(method, target.decode("latin-1"), size, keep_alive, bool(expect) and version == b"HTTP/1.1")
+
+
+_date = (0, b"")
+
+
+def http_date() -> bytes:
+    """The Date header's value, formatted once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date[1]
+
+
+def response(status: int, body: bytes, content_type: bytes, keep_alive: bool) -> bytes:
+    return b"".join((b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                     % (status, REASONS[status], http_date(), content_type, len(body)),
+                     b"" if keep_alive else b"Connection: close\r\n", b"\r\n", body))
+
+
+class H1Protocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: POSTs of AdmissionReviews answered by ``answer``, in order."""
+
+    def __init__(self, answer: Answer, *, idle_seconds: float = IDLE_SECONDS, max_body: int = MAX_BODY,
+                 connections: set[H1Protocol] | None = None) -> None:
+        self.answer = answer
+        self.idle_seconds = idle_seconds
+        self.max_body = max_body
+        self.connections = connections if connections is not None else set()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.task: asyncio.Task[None] | None = None  # the request being answered
+        self.continued = False  # 100 Continue sent for the request being received
+        self.writable = True
+        self.paused = False  # reading paused: the buffer holds more than a request ahead
+        self.draining = False
+        self._idle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connections.add(self)
+        self._touch()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.task is None:
+            self._next()
+        elif len(self.buffer) > MAX_HEAD + self.max_body and self.transport is not None:
+            self.paused = True  # pipelining far ahead of our answers: wait
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self.transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def pause_writing(self) -> None:
+        self.writable = False  # the client is not reading: answer nothing more until it does
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.task is None:
+            self._next()
+
+    # --- requests ----------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Frame the next complete request in the buffer and start answering it."""
+        if self.transport is None or not self.writable or self.draining:
+            return
+        if self.paused and len(self.buffer) <= MAX_HEAD + self.max_body:
+            self.paused = False
+            self.transport.resume_reading()
+        while self.buffer[:2] == b"\r\n":  # empty lines before a request line are allowed
+            del self.buffer[:2]
+        end = self.buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+        if end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                self._refuse(431, "request line and headers too large")
+            return
+        try:
+            head = parse_head(bytes(self.buffer[:end]), self.max_body)
+        except HeadError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        start = end + 4
+        if len(self.buffer) - start < head.length:
+            if head.expect_continue and not self.continued:
+                self.continued = True
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        body = bytes(self.buffer[start:start + head.length])
+        del self.buffer[:start + head.length]
+        self.continued = False
+        if head.method != b"POST":
+            self._refuse(405, "only POST is served here")
+            return
+        self.task = asyncio.get_running_loop().create_task(self._serve(head, body))
+
+    async def _serve(self, head: Head, body: bytes) -> None:
+        try:
+            status, out, content_type = 200, await self.answer(head.path, body), JSON
+        except BadRequest as exc:
+            status, out, content_type = 400, f"{exc}\n".encode(), TEXT
+        except NotFound:
+            status, out, content_type = 404, b"no such webhook\n", TEXT
+        except Exception:
+            log.exception("admission webhook %s failed (HTTP/1.1)", head.path)
+            status, out, content_type = 500, b"internal error\n", TEXT
+        self.task = None
+        if self.transport is None:
+            return
+        keep_alive = head.keep_alive and not self.draining
+        self.transport.write(response(status, out, content_type, keep_alive))
+        self._touch()
+        if not keep_alive:
+            self.transport.close()
+        else:
+            self._next()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """An error answer, then the connection's end (the rest of the stream is not framed)."""
+        if self.transport is not None:
+            self.transport.write(response(status, f"{message}\n".encode(), TEXT, keep_alive=False))
+            self.transport.close()
+        self.buffer.clear()
+
+    # --- idle and shutdown -------------------------------------------------------------------
+    def _touch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if self._idle is None:
+            self._idle = loop.call_later(self.idle_seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Closed after ``idle_seconds`` without a complete request (a half-sent one included)."""
+        self._idle = None
+        if self.transport is None:
+            return
+        idle_for = asyncio.get_running_loop().time() - self._last
+        if self.task is not None or idle_for < self.idle_seconds:
+            self._idle = asyncio.get_running_loop().call_later(
+                max(0.1, self.idle_seconds - idle_for), self._check_idle)
+            return
+        self.transport.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Answer the request in progress (at most ``timeout`` s, with ``Connection: close``), start
+        no other, and close."""
+        self.draining = True
+        if self.task is not None:
+            await asyncio.wait({self.task}, timeout=timeout)
+        if self.transport is not None:
+            self.transport.close()
