@@ -241,9 +241,6 @@ def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
                                    native_requester=STATE.native_requester)
     settings_.admission.server = webhook.make_server(cfg, ROUTES)
     settings_.admission.managed = webhook.MANAGED
-    # One access-log line per admission request is noise at API-server rates (kopf already logs
-    # each denial with its reason: mlsec.handlers.admission_dispatch).
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     log.info("admission webhooks on port %s: failurePolicy %s, timeout %ss, operator identity %s%s",
              cfg.webhook_port, STATE.failure_policy, cfg.webhook.timeout_seconds, STATE.identity,
              "; the requester is stamped natively (mlsec-deployment-stamp)" if STATE.native_requester

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,10 +63,16 @@ class Head:
     length: int
     keep_alive: bool
     expect_continue: bool
+    http10: bool = False  # an HTTP/1.0 client is told when the connection stays open
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def parse_head(head: bytes, max_body: int = MAX_BODY) -> Head:
     """The request line and headers (without the blank line) → what serving needs (pure)."""
+    if b"\0" in head or not head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n"):
+        raise HeadError(400, "bare CR, LF or NUL in the request head")
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not parts[0] or not parts[1]:
@@ -76,7 +83,7 @@ def parse_head(head: bytes, max_body: int = MAX_BODY) -> Head:
     fields: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+        if not colon or not _TOKEN.fullmatch(name):  # folded lines and "Name :" included
             raise HeadError(400, "malformed header line")
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
     if b"transfer-encoding" in fields:
@@ -96,7 +103,8 @@ def parse_head(head: bytes, max_body: int = MAX_BODY) -> Head:
     expect = [v.lower() for v in fields.get(b"expect") or []]
     if expect and expect != [b"100-continue"]:
         raise HeadError(417, "only Expect: 100-continue is understood")
-    return Head(method, target.decode("latin-1"), size, keep_alive, bool(expect) and version == b"HTTP/1.1")
+    http10 = version == b"HTTP/1.0"
+    return Head(method, target.decode("latin-1"), size, keep_alive, bool(expect) and not http10, http10)
 
 
 _date = (0, b"")
@@ -111,10 +119,14 @@ def http_date() -> bytes:
     return _date[1]
 
 
-def response(status: int, body: bytes, content_type: bytes, keep_alive: bool) -> bytes:
+def response(status: int, body: bytes, content_type: bytes, keep_alive: bool, http10: bool = False) -> bytes:
+    if not keep_alive:
+        connection = b"Connection: close\r\n"
+    else:  # HTTP/1.1's default; an HTTP/1.0 client must be told
+        connection = b"Connection: keep-alive\r\n" if http10 else b""
     return b"".join((b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                      % (status, REASONS[status], http_date(), content_type, len(body)),
-                     b"" if keep_alive else b"Connection: close\r\n", b"\r\n", body))
+                     connection, b"\r\n", body))
 
 
 class H1Protocol(asyncio.Protocol):
@@ -213,7 +225,7 @@ class H1Protocol(asyncio.Protocol):
         if self.transport is None:
             return
         keep_alive = head.keep_alive and not self.draining
-        self.transport.write(response(status, out, content_type, keep_alive))
+        self.transport.write(response(status, out, content_type, keep_alive, head.http10))
         self._touch()
         if not keep_alive:
             self.transport.close()

@@ -68,6 +68,10 @@ def test_a_plain_post_is_framed_by_its_content_length() -> None:
     (b"POST /x HTTP/1.1\r\nHost : x\r\nContent-Length: 2", 400),  # space before the colon
     (b"POST /x HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded", 400),  # obsolete line folding
     (b"POST /x HTTP/1.1\r\nHost: x\r\nno colon", 400),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nX-A(b): 1", 400),  # not a token
+    (b"POST /x HTTP/1.1\r\nHost: x\nContent-Length: 2", 400),  # a bare LF
+    (b"POST /x HTTP/1.1\r\nHost: x\rContent-Length: 2", 400),  # a bare CR
+    (b"POST /x HTTP/1.1\r\nHost: x\0", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked", 411),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3", 400),
@@ -88,6 +92,7 @@ def test_keep_alive_and_expect() -> None:
     assert not parse_head(b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Close").keep_alive
     assert not parse_head(b"POST /x HTTP/1.0").keep_alive
     assert parse_head(b"POST /x HTTP/1.0\r\nConnection: keep-alive").keep_alive
+    assert parse_head(b"POST /x HTTP/1.0\r\nConnection: keep-alive").http10
     assert parse_head(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2").length == 2
     assert parse_head(b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue").expect_continue
     assert not parse_head(b"POST /x HTTP/1.0\r\nExpect: 100-continue").expect_continue
@@ -187,6 +192,22 @@ def test_connection_close_and_http10_end_the_connection_after_the_answer() -> No
         return out
 
     assert run(main) == [(200, "close", b""), (200, "close", b"")]
+
+
+def test_an_http10_client_asking_to_keep_the_connection_is_told_it_stays() -> None:
+    async def main() -> list[tuple[int, str]]:
+        server, port, _ = await serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        out = []
+        for _ in range(2):
+            writer.write(post("/a", b"1", "Connection: keep-alive", version="HTTP/1.0"))
+            status, headers, _ = await read_answer(reader)
+            out.append((status, headers.get("connection", "")))
+        writer.close()
+        server.close()
+        return out
+
+    assert run(main) == [(200, "keep-alive")] * 2
 
 
 def test_expect_100_continue_is_answered_before_the_body() -> None:
