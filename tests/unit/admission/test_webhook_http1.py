@@ -78,6 +78,7 @@ def test_a_plain_post_is_framed_by_its_content_length() -> None:
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -2", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577", 413),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000, 413),
     (b"POST /x HTTP/1.1\r\nContent-Length: 2", 400),  # HTTP/1.1 without Host
     (b"POST /x HTTP/1.1\r\nHost: x\r\nHost: y", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: something-else", 417),
