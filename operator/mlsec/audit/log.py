@@ -63,6 +63,7 @@ class AuditLog:
         self._fd: int | None = None
         self.path = Path(path) if path is not None else None
         self.seq, self.last_hash = 0, GENESIS_HASH
+        self._broken: str | None = None  # why nothing more may be appended
         if self.path is not None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -105,6 +106,8 @@ class AuditLog:
         with self._lock:
             if self.path is not None and self._fd is None:
                 raise AuditChainError(f"audit log {self.path} is closed")
+            if self._broken is not None:  # nothing is appended after a partial line
+                raise AuditChainError(self._broken)
             record = {
                 **body,
                 "timestamp": rfc3339_ms(self._clock()),
@@ -113,7 +116,13 @@ class AuditLog:
             }
             line = canonical_line(record)
             if self._fd is not None:
-                os.write(self._fd, line + b"\n")  # one write on O_APPEND: the line lands whole
+                data = line + b"\n"
+                written = os.write(self._fd, data)  # one write on O_APPEND: the line lands whole
+                if written != len(data):  # a full disk: the file now ends inside a line
+                    self._broken = (f"audit log {self.path}: short write ({written} of {len(data)} "
+                                    "bytes); run `mlsec audit verify` and rotate the file before "
+                                    "continuing")
+                    raise AuditChainError(self._broken)
                 if self._fsync:
                     os.fsync(self._fd)
             self.seq, self.last_hash = record["seq"], line_hash(line)

@@ -243,3 +243,19 @@ def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
     assert len({r["resource"]["name"] for r in records}) == 1000
     stamps = [r["timestamp"] for r in records]
     assert stamps == sorted(stamps)  # the clock is read under the lock: time follows seq
+
+
+def test_a_short_write_stops_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk can take part of a line: the chain then cannot go on in that file."""
+    log = AuditLog(tmp_path / "audit.log", sink=None)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(AuditChainError, match="short write"):
+        promotion(log)
+    monkeypatch.setattr(os, "write", real_write)
+    with pytest.raises(AuditChainError, match="short write"):
+        promotion(log)  # nothing is appended after the partial line
+    assert log.seq == 0
+    log.close()
+    with pytest.raises(AuditChainError, match="incomplete line"):
+        AuditLog(tmp_path / "audit.log", sink=None)  # and a restart refuses it too
