@@ -138,7 +138,7 @@ class Server(kopf.WebhookServer):
         when the certificate files change), with one listening socket for both protocols and our
         hooks the only paths served (:mod:`webhook_h2`, :mod:`webhook_http1`)."""
 
-        def answerer(count: Callable[[], None]) -> Callable[[str, bytes | bytearray], Any]:
+        def answerer(count: Callable[[], None]) -> webhook_http1.Answer:
             async def answer(path: str, raw: bytes | bytearray) -> bytes:
                 hook = self._hook(path)
                 if hook is None:

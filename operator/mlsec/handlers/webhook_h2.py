@@ -30,7 +30,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from mlsec.handlers.admission_dispatch import BadRequest, NotFound
-from mlsec.handlers.webhook_http1 import IDLE_SECONDS, MAX_BODY, Answer
+from mlsec.handlers.webhook_http1 import IDLE_SECONDS, MAX_BODY, Answer, IdleTimer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,6 @@ class H2Protocol(asyncio.Protocol):
     def __init__(self, answer: Answer, *, idle_seconds: float = IDLE_SECONDS, max_body: int = MAX_BODY,
                  connections: set[H2Protocol] | None = None) -> None:
         self.answer = answer
-        self.idle_seconds = idle_seconds
         self.max_body = max_body
         self.connections = connections if connections is not None else set()
         # Our response headers are three constants: not validated nor normalized again each time
@@ -111,8 +110,7 @@ class H2Protocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._window: list[asyncio.Future[None]] = []  # sends waiting for flow-control credit
         self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
-        self._idle: asyncio.TimerHandle | None = None
-        self._last = 0.0
+        self.idle = IdleTimer(idle_seconds, lambda: bool(self.streams or self.tasks), self._expire)
         self._unsent = 0  # answers queued in h2 since the last write to the socket
         self._flush_soon: asyncio.Handle | None = None
         self.draining = False  # shutting down: new requests are refused (the client retries them)
@@ -125,7 +123,7 @@ class H2Protocol(asyncio.Protocol):
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
         self._flush()
-        self._touch()
+        self.idle.touch()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -157,8 +155,7 @@ class H2Protocol(asyncio.Protocol):
         self.connections.discard(self)
         self.transport = None
         self.streams.clear()
-        if self._idle is not None:
-            self._idle.cancel()
+        self.idle.cancel()
         self._wake_window()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
@@ -206,7 +203,7 @@ class H2Protocol(asyncio.Protocol):
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
-        self._touch()
+        self.idle.touch()
         task = asyncio.get_running_loop().create_task(self._serve(stream_id, stream))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -222,7 +219,7 @@ class H2Protocol(asyncio.Protocol):
             log.exception("admission webhook %s failed (HTTP/2)", stream.path)
             status, body, content_type = 500, b"internal error\n", TEXT
         await self._respond(stream_id, status, body, content_type)
-        self._touch()
+        self.idle.touch()
 
     # --- responses ---------------------------------------------------------------------------
     @staticmethod
@@ -293,23 +290,10 @@ class H2Protocol(asyncio.Protocol):
             self.transport.write(data)
 
     # --- idle and shutdown -------------------------------------------------------------------
-    def _touch(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        if self._idle is None:
-            self._idle = loop.call_later(self.idle_seconds, self._check_idle)
-
-    def _check_idle(self) -> None:
-        self._idle = None
-        if self.transport is None:
-            return
-        idle_for = asyncio.get_running_loop().time() - self._last
-        if self.streams or self.tasks or idle_for < self.idle_seconds:
-            self._idle = asyncio.get_running_loop().call_later(
-                max(0.1, self.idle_seconds - idle_for), self._check_idle)
-            return
-        self.goaway()
-        self._close()
+    def _expire(self) -> None:
+        if self.transport is not None:
+            self.goaway()
+            self._close()
 
     def goaway(self) -> None:
         """The connection's end: h2 sends nothing after its GOAWAY, so only once nothing is left

@@ -129,13 +129,42 @@ def response(status: int, body: bytes, content_type: bytes, keep_alive: bool, ht
                      connection, b"\r\n", body))
 
 
+class IdleTimer:
+    """A connection's keep-alive timeout (both protocols): ``expire`` is called once ``seconds``
+    have passed since the last :meth:`touch` without ``busy()`` being true."""
+
+    def __init__(self, seconds: float, busy: Callable[[], bool], expire: Callable[[], None]) -> None:
+        self.seconds, self.busy, self.expire = seconds, busy, expire
+        self._handle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+
+    def touch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if self._handle is None:
+            self._handle = loop.call_later(self.seconds, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        loop = asyncio.get_running_loop()
+        idle_for = loop.time() - self._last
+        if self.busy() or idle_for < self.seconds:
+            self._handle = loop.call_later(max(0.1, self.seconds - idle_for), self._check)
+            return
+        self.expire()
+
+
 class H1Protocol(asyncio.Protocol):
     """One HTTP/1.1 connection: POSTs of AdmissionReviews answered by ``answer``, in order."""
 
     def __init__(self, answer: Answer, *, idle_seconds: float = IDLE_SECONDS, max_body: int = MAX_BODY,
                  connections: set[H1Protocol] | None = None) -> None:
         self.answer = answer
-        self.idle_seconds = idle_seconds
         self.max_body = max_body
         self.connections = connections if connections is not None else set()
         self.transport: asyncio.Transport | None = None
@@ -145,15 +174,15 @@ class H1Protocol(asyncio.Protocol):
         self.writable = True
         self.paused = False  # reading paused: the buffer holds more than a request ahead
         self.draining = False
-        self._idle: asyncio.TimerHandle | None = None
-        self._last = 0.0
+        # Closed after ``idle_seconds`` without a complete request (a half-sent one included).
+        self.idle = IdleTimer(idle_seconds, lambda: self.task is not None, self._expire)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.connections.add(self)
-        self._touch()
+        self.idle.touch()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -166,8 +195,7 @@ class H1Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         self.transport = None
-        if self._idle is not None:
-            self._idle.cancel()
+        self.idle.cancel()
 
     def pause_writing(self) -> None:
         self.writable = False  # the client is not reading: answer nothing more until it does
@@ -226,7 +254,7 @@ class H1Protocol(asyncio.Protocol):
             return
         keep_alive = head.keep_alive and not self.draining
         self.transport.write(response(status, out, content_type, keep_alive, head.http10))
-        self._touch()
+        self.idle.touch()
         if not keep_alive:
             self.transport.close()
         else:
@@ -240,23 +268,9 @@ class H1Protocol(asyncio.Protocol):
         self.buffer.clear()
 
     # --- idle and shutdown -------------------------------------------------------------------
-    def _touch(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        if self._idle is None:
-            self._idle = loop.call_later(self.idle_seconds, self._check_idle)
-
-    def _check_idle(self) -> None:
-        """Closed after ``idle_seconds`` without a complete request (a half-sent one included)."""
-        self._idle = None
-        if self.transport is None:
-            return
-        idle_for = asyncio.get_running_loop().time() - self._last
-        if self.task is not None or idle_for < self.idle_seconds:
-            self._idle = asyncio.get_running_loop().call_later(
-                max(0.1, self.idle_seconds - idle_for), self._check_idle)
-            return
-        self.transport.close()
+    def _expire(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     async def shutdown(self, timeout: float) -> None:
         """Answer the request in progress (at most ``timeout`` s, with ``Connection: close``), start
