@@ -7,11 +7,12 @@ its header machinery and a handler task: ~0.06 of the gate's ~0.28 ms), for a pr
 this small: a POST of a JSON body with a Content-Length, answered with a JSON body. Anything
 else gets a clear status and, when the connection cannot be kept in step, ``Connection: close``.
 
-Kept strict, as a server in front of a security gate should be: no chunked bodies (411: every
-AdmissionReview client sends a Content-Length), no obsolete line folding, no space before a
-header's colon, one Content-Length value, never together with Transfer-Encoding (the request
-smuggling cases), a Host header in HTTP/1.1, at most ``MAX_HEAD`` bytes of request line and
-headers, at most ``MAX_BODY`` bytes of body. Pipelined requests are answered in order; a
+Kept strict, as a server in front of a security gate should be: a body framed by one
+Content-Length value or by the chunked coding alone (kube-apiserver sends a Content-Length; Go's
+client streams a file chunked, as ``kubectl create --raw -f`` does), never both (the request
+smuggling cases), no obsolete line folding, no space before a header's colon, a Host header in
+HTTP/1.1, at most ``MAX_HEAD`` bytes of request line and headers, at most ``MAX_BODY`` bytes of
+body (and twice that of chunk framing). Pipelined requests are answered in order; a
 connection without a complete request for ``IDLE_SECONDS`` is closed, as aiohttp closes an idle
 keep-alive connection.
 """
@@ -41,9 +42,9 @@ bytes of headers)."""
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 REASONS = {100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found",
-           405: b"Method Not Allowed", 411: b"Length Required", 413: b"Content Too Large",
+           405: b"Method Not Allowed", 413: b"Content Too Large",
            417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
-           500: b"Internal Server Error", 503: b"Service Unavailable",
+           500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable",
            505: b"HTTP Version Not Supported"}
 
 
@@ -64,6 +65,7 @@ class Head:
     keep_alive: bool
     expect_continue: bool
     http10: bool = False  # an HTTP/1.0 client is told when the connection stays open
+    chunked: bool = False  # the body is chunked (``length`` is then 0)
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -86,10 +88,14 @@ def parse_head(head: bytes, max_body: int = MAX_BODY) -> Head:
         if not colon or not _TOKEN.fullmatch(name):  # folded lines and "Name :" included
             raise HeadError(400, "malformed header line")
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
-    if b"transfer-encoding" in fields:
-        if b"content-length" in fields:
-            raise HeadError(400, "both Transfer-Encoding and Content-Length")
-        raise HeadError(411, "a Content-Length is required (no chunked bodies)")
+    http10 = version == b"HTTP/1.0"
+    chunked = b"transfer-encoding" in fields
+    if chunked:
+        codings = [t.strip().lower() for v in fields[b"transfer-encoding"] for t in v.split(b",")]
+        if b"content-length" in fields or http10 or codings[-1:] != [b"chunked"]:
+            raise HeadError(400, "a body framed by Transfer-Encoding cannot be delimited here")
+        if codings != [b"chunked"]:
+            raise HeadError(501, "only the chunked transfer coding is understood")
     lengths = set(fields.get(b"content-length") or [b"0"])
     if len(lengths) != 1 or not (length := lengths.pop()).isdigit():
         raise HeadError(400, "invalid Content-Length")
@@ -103,8 +109,55 @@ def parse_head(head: bytes, max_body: int = MAX_BODY) -> Head:
     expect = [v.lower() for v in fields.get(b"expect") or []]
     if expect and expect != [b"100-continue"]:
         raise HeadError(417, "only Expect: 100-continue is understood")
-    http10 = version == b"HTTP/1.0"
-    return Head(method, target.decode("latin-1"), size, keep_alive, bool(expect) and not http10, http10)
+    return Head(method, target.decode("latin-1"), size, keep_alive, bool(expect) and not http10, http10,
+                chunked)
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+MAX_CHUNK_LINE = 1024  # a chunk's size line, extensions included
+
+
+class Dechunker:
+    """A chunked body (RFC 9112 §7.1) decoded as it arrives, each byte read once; the decoded size
+    bounded by ``max_body`` and the framing by as much again (1-byte chunks with long extensions
+    would otherwise keep a gigabyte buffered)."""
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.body = bytearray()
+        self.offset = 0  # how far past the head's end the framing is decoded
+
+    def feed(self, data: bytearray, start: int) -> int | None:
+        """Decode ``data`` from ``start`` (where the body begins) on; the index just past the
+        body's end once it is complete, else None (call again when more has arrived)."""
+        while True:
+            pos = start + self.offset
+            if self.offset > 2 * self.max_body + MAX_HEAD:
+                raise HeadError(413, "request body too large")
+            eol = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+            if eol < 0:
+                if len(data) - pos >= MAX_CHUNK_LINE:
+                    raise HeadError(400, "malformed chunk size line")
+                return None
+            size_text = bytes(data[pos:eol]).split(b";", 1)[0].rstrip(b" \t")
+            if not size_text or len(size_text) > 8 or not _HEX.issuperset(size_text):
+                raise HeadError(400, "invalid chunk size")
+            size = int(size_text, 16)
+            if size == 0:  # the last chunk, then trailer fields (ignored) up to an empty line
+                end = data.find(b"\r\n\r\n", eol, eol + 4 + MAX_HEAD)
+                if end < 0:
+                    if len(data) - eol > MAX_HEAD + 4:
+                        raise HeadError(431, "trailer fields too large")
+                    return None
+                return end + 4
+            if len(self.body) + size > self.max_body:
+                raise HeadError(413, "request body too large")
+            if len(data) < eol + 2 + size + 2:
+                return None
+            if data[eol + 2 + size:eol + 4 + size] != b"\r\n":
+                raise HeadError(400, "chunk data not followed by CRLF")
+            self.body += data[eol + 2:eol + 2 + size]
+            self.offset = eol + 4 + size - start
 
 
 _date = (0, b"")
@@ -171,6 +224,7 @@ class H1Protocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.task: asyncio.Task[None] | None = None  # the request being answered
         self.continued = False  # 100 Continue sent for the request being received
+        self.chunks: Dechunker | None = None  # the chunked body being received
         self.writable = True
         self.paused = False  # reading paused: the buffer holds more than a request ahead
         self.draining = False
@@ -210,7 +264,7 @@ class H1Protocol(asyncio.Protocol):
         """Frame the next complete request in the buffer and start answering it."""
         if self.transport is None or not self.writable or self.draining:
             return
-        if self.paused and len(self.buffer) <= MAX_HEAD + self.max_body:
+        if self.paused:  # nothing is being answered now: read on
             self.paused = False
             self.transport.resume_reading()
         while self.buffer[:2] == b"\r\n":  # empty lines before a request line are allowed
@@ -226,14 +280,24 @@ class H1Protocol(asyncio.Protocol):
             self._refuse(exc.status, str(exc))
             return
         start = end + 4
-        if len(self.buffer) - start < head.length:
+        stop: int | None
+        if head.chunked:
+            self.chunks = self.chunks or Dechunker(self.max_body)
+            try:
+                stop = self.chunks.feed(self.buffer, start)
+            except HeadError as exc:
+                self._refuse(exc.status, str(exc))
+                return
+        else:
+            stop = start + head.length if len(self.buffer) - start >= head.length else None
+        if stop is None:  # the body is still arriving
             if head.expect_continue and not self.continued:
                 self.continued = True
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        body = bytes(self.buffer[start:start + head.length])
-        del self.buffer[:start + head.length]
-        self.continued = False
+        body = bytes(self.chunks.body) if self.chunks is not None else bytes(self.buffer[start:stop])
+        del self.buffer[:stop]
+        self.continued, self.chunks = False, None
         if head.method != b"POST":
             self._refuse(405, "only POST is served here")
             return

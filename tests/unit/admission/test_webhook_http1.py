@@ -19,6 +19,9 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(main(), 20))
 
 
+CHUNKED = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
 def post(path: str, body: bytes = b"{}", *headers: str, version: str = "HTTP/1.1") -> bytes:
     lines = [f"POST {path} {version}", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -72,7 +75,9 @@ def test_a_plain_post_is_framed_by_its_content_length() -> None:
     (b"POST /x HTTP/1.1\r\nHost: x\nContent-Length: 2", 400),  # a bare LF
     (b"POST /x HTTP/1.1\r\nHost: x\rContent-Length: 2", 400),  # a bare CR
     (b"POST /x HTTP/1.1\r\nHost: x\0", 400),
-    (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked", 411),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked", 501),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip", 400),  # not delimited
+    (b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3", 400),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -2", 400),
@@ -87,6 +92,11 @@ def test_what_is_refused_and_with_which_status(head: bytes, status: int) -> None
     with pytest.raises(HeadError) as refused:
         parse_head(head)
     assert refused.value.status == status
+
+
+def test_a_chunked_body_is_announced() -> None:
+    head = parse_head(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked")
+    assert head.chunked and head.length == 0
 
 
 def test_keep_alive_and_expect() -> None:
@@ -138,6 +148,47 @@ def test_a_request_arriving_a_byte_at_a_time() -> None:
     assert run(main) == (200, b'{"path":"/slow","body":{"x": 1}}')
 
 
+def chunked(path: str, *pieces: bytes, trailer: bytes = b"") -> bytes:
+    framed = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + framed + b"0\r\n" + trailer + b"\r\n")
+
+
+def test_a_chunked_body_is_decoded_and_the_next_request_follows() -> None:
+    async def main() -> list[tuple[int, bytes]]:
+        server, port, _ = await serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(chunked("/a", b'{"x"', b": ", b"[1, 2]}", trailer=b"X-Checksum: none\r\n")
+                     + chunked("/b") + post("/c", b"[3]"))
+        answers = [await read_answer(reader) for _ in range(3)]
+        for byte in chunked("/d", b"[4", b"]"):  # and a byte at a time
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0)
+        answers.append(await read_answer(reader))
+        writer.close()
+        server.close()
+        return [(a[0], a[2]) for a in answers]
+
+    assert run(main) == [(200, b'{"path":"/a","body":{"x": [1, 2]}}'), (200, b'{"path":"/b","body":null}'),
+                         (200, b'{"path":"/c","body":[3]}'), (200, b'{"path":"/d","body":[4]}')]
+
+
+def test_chunk_framing_is_bounded_as_well_as_the_body() -> None:
+    """1-byte chunks with long extensions: refused once the framing is twice the body limit."""
+    async def main() -> tuple[int, bytes]:
+        server, port, _ = await serve(max_body=100)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(CHUNKED + b"".join(b"1;" + b"e" * 900 + b"\r\nx\r\n" for _ in range(20)))
+        status, _, _ = await read_answer(reader)
+        rest = await reader.read()
+        writer.close()
+        server.close()
+        return status, rest
+
+    assert run(main) == (413, b"")
+
+
 def test_errors_of_the_answer_keep_the_connection_and_hide_details() -> None:
     async def main() -> list[tuple[int, dict[str, str], bytes]]:
         server, port, _ = await serve()
@@ -159,7 +210,11 @@ def test_errors_of_the_answer_keep_the_connection_and_hide_details() -> None:
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", 405),
-    (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
+    (CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", 400),  # not a hexadecimal size
+    (CHUNKED + b"123456789\r\n", 400),  # a size of more than 8 digits
+    (CHUNKED + b"2\r\n{}xx\r\n0\r\n\r\n", 400),  # the data longer than its size
+    (CHUNKED + b"1" * 2000, 400),  # no end of the size line in sight
+    (CHUNKED + b"100001\r\n", 413),  # one chunk over the body limit, refused before it arrives
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000, 431),  # no end of the head in sight
