@@ -4,8 +4,8 @@ The webhook port serves HTTP/2 to clients that negotiate it (kube-apiserver does
 :mod:`mlsec.handlers.webhook_h2`) and HTTP/1.1 to the rest. aiohttp's server cost more CPU per
 request than the TLS exchange and our decision together (a request object, a response object,
 its header machinery and a handler task: ~0.06 of the gate's ~0.28 ms), for a protocol subset
-this small: a POST of a JSON body with a Content-Length, answered with a JSON body. Anything
-else gets a clear status and, when the connection cannot be kept in step, ``Connection: close``.
+this small: a POST of a JSON body, answered with a JSON body. Anything else gets a clear status
+and, when the connection cannot be kept in step, ``Connection: close``.
 
 Kept strict, as a server in front of a security gate should be: a body framed by one
 Content-Length value or by the chunked coding alone (kube-apiserver sends a Content-Length; Go's
