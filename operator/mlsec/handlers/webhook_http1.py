@@ -228,6 +228,7 @@ class H1Protocol(asyncio.Protocol):
         self.writable = True
         self.paused = False  # reading paused: the buffer holds more than a request ahead
         self.draining = False
+        self.eof = False  # the client has half-closed: answer what it sent, then close
         # Closed after ``idle_seconds`` without a complete request (a half-sent one included).
         self.idle = IdleTimer(idle_seconds, lambda: self.task is not None, self._expire)
 
@@ -245,6 +246,16 @@ class H1Protocol(asyncio.Protocol):
         elif len(self.buffer) > MAX_HEAD + self.max_body and self.transport is not None:
             self.paused = True  # pipelining far ahead of our answers: wait
             self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        """The client sent all it will (a half-close): what is complete is still answered. Over
+        TLS there is no half-close (asyncio closes the connection whatever this returns)."""
+        self.eof = True
+        if self.task is None:
+            self._next()
+        keep_open = self.task is not None and self.transport is not None and \
+            self.transport.get_extra_info("sslcontext") is None
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -319,10 +330,10 @@ class H1Protocol(asyncio.Protocol):
         keep_alive = head.keep_alive and not self.draining
         self.transport.write(response(status, out, content_type, keep_alive, head.http10))
         self.idle.touch()
-        if not keep_alive:
+        if keep_alive:
+            self._next()  # the next pipelined request, if complete
+        if not keep_alive or (self.eof and self.task is None):
             self.transport.close()
-        else:
-            self._next()
 
     def _refuse(self, status: int, message: str) -> None:
         """An error answer, then the connection's end (the rest of the stream is not framed)."""

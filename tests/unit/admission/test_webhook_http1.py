@@ -132,6 +132,21 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
     assert not any("connection" in a[1] for a in answers)
 
 
+def test_a_half_closed_connection_gets_its_answers_then_closes() -> None:
+    async def main() -> tuple[list[int], bytes]:
+        server, port, _ = await serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/a") + post("/b") + post("/c")[:10])  # the third never completes
+        writer.write_eof()
+        answers = [await read_answer(reader) for _ in range(2)]
+        rest = await reader.read()
+        writer.close()
+        server.close()
+        return [a[0] for a in answers], rest
+
+    assert run(main) == ([200, 200], b"")
+
+
 def test_a_request_arriving_a_byte_at_a_time() -> None:
     async def main() -> tuple[int, bytes]:
         server, port, _ = await serve()
