@@ -48,8 +48,6 @@ first answers of a burst do not wait for the last."""
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
-
-
 _NAME = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+")  # no uppercase, space, control or inner colon
 _VALUE = re.compile(rb"(?:[^\x00\r\n \t](?:[^\x00\r\n]*[^\x00\r\n \t])?)?")  # trimmed, no NUL/CR/LF
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding",
