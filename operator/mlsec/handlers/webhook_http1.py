@@ -223,6 +223,7 @@ class H1Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.task: asyncio.Task[None] | None = None  # the request being answered
+        self.head: tuple[int, Head] | None = None  # the request being received: where its body starts
         self.continued = False  # 100 Continue sent for the request being received
         self.chunks: Dechunker | None = None  # the chunked body being received
         self.writable = True
@@ -253,9 +254,8 @@ class H1Protocol(asyncio.Protocol):
         self.eof = True
         if self.task is None:
             self._next()
-        keep_open = self.task is not None and self.transport is not None and \
+        return self.task is not None and self.transport is not None and \
             self.transport.get_extra_info("sslcontext") is None
-        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -278,19 +278,20 @@ class H1Protocol(asyncio.Protocol):
         if self.paused:  # nothing is being answered now: read on
             self.paused = False
             self.transport.resume_reading()
-        while self.buffer[:2] == b"\r\n":  # empty lines before a request line are allowed
-            del self.buffer[:2]
-        end = self.buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
-        if end < 0:
-            if len(self.buffer) > MAX_HEAD:
-                self._refuse(431, "request line and headers too large")
-            return
-        try:
-            head = parse_head(bytes(self.buffer[:end]), self.max_body)
-        except HeadError as exc:
-            self._refuse(exc.status, str(exc))
-            return
-        start = end + 4
+        if self.head is None:  # parsed once, not again with each piece of its body
+            while self.buffer[:2] == b"\r\n":  # empty lines before a request line are allowed
+                del self.buffer[:2]
+            end = self.buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    self._refuse(431, "request line and headers too large")
+                return
+            try:
+                self.head = (end + 4, parse_head(bytes(self.buffer[:end]), self.max_body))
+            except HeadError as exc:
+                self._refuse(exc.status, str(exc))
+                return
+        start, head = self.head
         stop: int | None
         if head.chunked:
             self.chunks = self.chunks or Dechunker(self.max_body)
@@ -308,7 +309,7 @@ class H1Protocol(asyncio.Protocol):
             return
         body = bytes(self.chunks.body) if self.chunks is not None else bytes(self.buffer[start:stop])
         del self.buffer[:stop]
-        self.continued, self.chunks = False, None
+        self.head, self.continued, self.chunks = None, False, None
         if head.method != b"POST":
             self._refuse(405, "only POST is served here")
             return
@@ -341,6 +342,7 @@ class H1Protocol(asyncio.Protocol):
             self.transport.write(response(status, f"{message}\n".encode(), TEXT, keep_alive=False))
             self.transport.close()
         self.buffer.clear()
+        self.head = None
 
     # --- idle and shutdown -------------------------------------------------------------------
     def _expire(self) -> None:
