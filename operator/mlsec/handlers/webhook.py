@@ -147,7 +147,7 @@ class Server(kopf.WebhookServer):
                 return await self._answer(fn, hook, raw)
             return answer
 
-        from mlsec.handlers import webhook_h2  # h2 costs 1.3 MiB: only operators serving webhooks pay
+        from mlsec.handlers import webhook_h2  # only operators serving webhooks load hpack
 
         answer_http1, answer_h2 = answerer(_COUNT_HTTP1), answerer(_COUNT_H2)
         loop = asyncio.get_running_loop()

@@ -313,20 +313,24 @@ def test_the_concurrent_stream_limit_holds_and_answered_streams_free_their_place
                 break
             await asyncio.sleep(0.02)
         assert len(protocol.tasks) == limit and not client.goaway
-        # A client that ignores the advertised limit: one stream more is a protocol error.
+        # A client that ignores the advertised limit: the stream over it is refused (a stream
+        # error the client may retry, RFC 9113 §5.1.2); the connection and the others go on.
         client.conn.remote_settings.update({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2 * limit})
         client.conn.remote_settings.acknowledge()
-        client.request("/r", b"{}")
+        over = client.request("/r", b"{}")
         await client.flush()
-        await client.pump(lambda: client.goaway)
-        release.set()
-        server.close()
+        await client.pump(lambda: over in client.done)
         assert all(sid not in client.done for sid in held)
-        return first, second, client.goaway
+        release.set()
+        await client.pump(lambda: all(sid in client.done for sid in held))
+        (after,) = await client.exchange(("/r", b"{}"))
+        server.close()
+        return first + second + [client.answers[sid] for sid in held] + [after], \
+            [client.answers[over]], client.goaway
 
-    first, second, goaway = run(main)
-    assert [a.status for a in first + second] == [200] * 2 * webhook_h2.MAX_STREAMS
-    assert goaway
+    answered, refused, goaway = run(main)
+    assert [a.status for a in answered] == [200] * (3 * webhook_h2.MAX_STREAMS + 1)
+    assert [a.reset for a in refused] == [ErrorCodes.REFUSED_STREAM] and not goaway
 
 
 def test_a_large_answer_waits_for_flow_control_credit(cert: webhook_tls.ServingCert) -> None:
@@ -363,16 +367,21 @@ def test_an_oversized_body_is_refused_and_the_connection_stays(cert: webhook_tls
         ok = client.request("/ok", b"{}")
         await client.flush()
         await client.pump(lambda: {declared, undeclared, ok} <= client.done)
-        liar = await Client.open(port, client_context(cert, ["h2"]))
-        liar.request("/lies", b"x" * 300, length=100)
-        await liar.flush()
-        await liar.pump(lambda: liar.goaway)  # a protocol error: the connection ends
+        # Bodies that differ from their content-length: malformed requests, stream errors
+        # (RFC 9113 §8.1.1); the connection goes on.
+        longer = client.request("/longer", b"x" * 300, length=100)
+        shorter = client.request("/shorter", b"x" * 30, length=100)
+        after = client.request("/after", b"{}")
+        await client.flush()
+        await client.pump(lambda: {longer, shorter, after} <= client.done)
         server.close()
-        return [client.answers[i] for i in (declared, undeclared, ok)]
+        return [client.answers[i] for i in (declared, undeclared, ok, longer, shorter, after)]
 
-    declared, undeclared, ok = run(main)
+    declared, undeclared, ok, longer, shorter, after = run(main)
     assert declared.status == 413 and undeclared.status == 413
     assert ok.status == 200 and json.loads(ok.body) == {"path": "/ok", "length": 2}
+    assert longer.reset == shorter.reset == ErrorCodes.PROTOCOL_ERROR and not longer.status
+    assert after.status == 200
 
 
 def test_a_failing_answer_is_a_500_without_details(cert: webhook_tls.ServingCert) -> None:
