@@ -106,6 +106,18 @@ def helm_bin() -> Path:
     return _cached("helm", versions.HELM, ["helm"], build) / "helm"
 
 
+def h2spec_bin() -> Path:
+    """h2spec, the HTTP/2 conformance suite: the webhook port's HTTP/2 is ours
+    (``tests/integration/test_h2spec.py``)."""
+    def build(out: Path) -> None:
+        env = _go_env() | {"GOBIN": str(out), "GOFLAGS": ""}
+        _run(["go", "install", "-trimpath", "-ldflags", "-s -w",
+              f"github.com/summerwind/h2spec/cmd/h2spec@{versions.H2SPEC}"], cwd=Path(tempfile.gettempdir()),
+             env=env)
+
+    return _cached("h2spec", versions.H2SPEC, ["h2spec"], build) / "h2spec"
+
+
 def _module_file(module: str, version: str, rel: str, component: str, name: str) -> Path:
     def fetch(out: Path) -> None:
         info = json.loads(_run(["go", "mod", "download", "-json", f"{module}@{version}"],
@@ -169,6 +181,7 @@ def ensure_all() -> dict[str, Path]:
         "kube-controller-manager": kube / "kube-controller-manager",
         "etcd": etcd_bin(),
         "helm": helm_bin(),
+        "h2spec": h2spec_bin(),
         "kubectl": kubectl_bin(),
         "bao": bao_bin(),
         "istio-crds": istio_crds(),

