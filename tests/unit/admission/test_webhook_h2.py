@@ -14,8 +14,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import pytest
 from h2.errors import ErrorCodes
+from tests.unit.admission import h2wire
 
 from mlsec.handlers import admission, metrics, webhook, webhook_h2, webhook_tls
 from mlsec.handlers import admission_dispatch as dispatch
@@ -480,3 +482,70 @@ def test_an_operator_without_webhooks_loads_neither_h2_nor_cryptography() -> Non
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if not k.startswith("MLSEC_")})
     assert out.stdout.strip() == "[]"
+
+
+# --- our HTTP/2: what h2spec (tests/integration/test_h2spec.py) does not try ----------------------
+
+
+def test_a_header_block_is_bounded_however_many_continuation_frames_carry_it() -> None:
+    """The CONTINUATION flood: a header block that never ends is not buffered without bound."""
+    headers = h2wire.raw(webhook_h2.HEADERS, 0, 1, b"\x82")  # no END_HEADERS
+    filler = h2wire.raw(webhook_h2.CONTINUATION, 0, 1, b"\x82" * webhook_h2.FRAME_SIZE)
+    count = webhook_h2.MAX_HEADER_LIST // webhook_h2.FRAME_SIZE + 2
+    transport = h2wire.drive([h2wire.CLIENT_START + headers] + [filler] * count)
+    *_, last = h2wire.frames(bytes(transport.out))
+    assert transport.closed
+    assert last[0] == webhook_h2.GOAWAY and last[3][4:] == b"\x00\x00\x00\x0b"  # ENHANCE_YOUR_CALM
+
+
+@pytest.mark.parametrize("status", [200, 400, 404, 405, 413, 500, 503])
+@pytest.mark.parametrize("content_type", [webhook_h2.JSON, webhook_h2.TEXT])
+def test_answer_headers_are_constant_bytes_that_leave_the_clients_table_empty(
+        status: int, content_type: bytes) -> None:
+    block = webhook_h2.response_headers(status, content_type)
+    decoder = hpack.Decoder()
+    for first in (b"\x20" + block, block, block):  # our first block says our table's size: 0
+        assert decoder.decode(first, raw=True) == [(b":status", str(status).encode()),
+                                                   (b"content-type", content_type)]
+    assert not decoder.header_table.dynamic_entries
+
+
+def test_bodies_beyond_the_connection_window_are_credited(cert: webhook_tls.ServingCert) -> None:
+    body = b"x" * 900_000  # 12 of them: more than the connection's 8 MiB window
+
+    async def main() -> list[Answer]:
+        server, port, _ = await serve_h2(cert, echo)
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        answers = await client.exchange(*((f"/r{i}", body) for i in range(12)))
+        server.close()
+        return answers
+
+    answers = run(main)
+    expected = [{"path": f"/r{i}", "length": len(body)} for i in range(12)]
+    assert [json.loads(a.body) for a in answers] == expected
+
+
+def test_a_request_the_client_resets_is_not_answered_and_the_connection_goes_on(
+        cert: webhook_tls.ServingCert) -> None:
+    release = asyncio.Event()
+
+    async def main() -> tuple[Answer, Answer, bool]:
+        server, port, connections = await serve_h2(cert, holding("/held", release))
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        held = client.request("/held", b"{}")
+        await client.flush()
+        (protocol,) = connections
+        while not protocol.tasks:
+            await asyncio.sleep(0.01)
+        client.conn.reset_stream(held, ErrorCodes.CANCEL)
+        await client.flush()
+        while protocol.streams:
+            await asyncio.sleep(0.01)
+        release.set()
+        (after,) = await client.exchange(("/after", b"{}"))
+        server.close()
+        return client.answers[held], after, client.goaway
+
+    held, after, goaway = run(main)
+    assert held.status == 0 and not held.body  # nothing was sent on the reset stream
+    assert after.status == 200 and not goaway
