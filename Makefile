@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all dev deps build test unit integration lint typecheck layers crds manifests demo bench clean down
+.PHONY: all dev deps build test unit integration lint typecheck layers crds manifests demo bench fuzz clean down
 
 all: test
 
@@ -69,6 +69,10 @@ down: dev
 
 bench: build
 	$(BIN)/python -m bench
+
+# The long fuzzing run (issue 9): 10,000 hypothesis examples per test; make test runs ~200.
+fuzz: dev
+	MLSEC_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q tests/unit/fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
