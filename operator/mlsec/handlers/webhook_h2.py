@@ -644,7 +644,7 @@ class H2Protocol(asyncio.Protocol):
             self._flush_soon.cancel()
             self._flush_soon = None
         self._unsent = 0
-        if self._out and self.transport is not None:
+        if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(bytes(self._out))
         self._out.clear()
 
