@@ -45,6 +45,9 @@ CONNECTION_WINDOW = 8 * 1024**2
 """What a client may send on a connection ahead of our reading it. HTTP/2's default, 64 KiB, is
 ~20 AdmissionReviews: a burst would wait for our WINDOW_UPDATEs round trip by round trip."""
 MAX_HEADER_LIST = 64 * 1024
+MAX_UNREAD = 1024**2
+"""Bytes written to a connection and not yet taken by the client beyond which it is dropped:
+answers wait while the client does not read, so only frames it provokes could grow past this."""
 FLUSH_EVERY = 16
 """Answers written to the socket together: the ones ready in one turn of the event loop, at most
 this many. Each written alone (a TLS record and a send each) cost ~50 µs of CPU more: 0.31 ms a
@@ -256,6 +259,12 @@ class H2Protocol(asyncio.Protocol):
             return
         del buf[:used]
         self._flush()
+        if self.transport is not None and self.transport.get_write_buffer_size() > MAX_UNREAD:
+            # What we owe a client that does not read (PING or SETTINGS acknowledgements, stream
+            # resets: the flood attacks of CVE-2019-9512, -9514, -9515) is not kept without bound.
+            log.debug("HTTP/2 webhook client does not read its answers: connection closed")
+            self.gone = True
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -428,7 +437,9 @@ class H2Protocol(asyncio.Protocol):
         if self_dependent:
             self._reset(stream_id, PROTOCOL_ERROR)
             return
-        if self.draining or len(self.streams) >= MAX_STREAMS:
+        if self.draining or len(self.streams) >= MAX_STREAMS or len(self.tasks) >= MAX_STREAMS:
+            # Answers still running count too: a client that resets its streams at once and opens
+            # new ones (the "rapid reset" attack) gets no more of them running than the limit.
             self._reset(stream_id, REFUSED_STREAM)  # safe to retry (§8.7)
             return
         problem = request_header_problem(headers)
@@ -442,7 +453,8 @@ class H2Protocol(asyncio.Protocol):
         fields = dict(headers)
         length = fields.get(b"content-length")
         expected = (int(length) if len(length) <= 12 else self.max_body + 1) if length is not None else None
-        stream = _Stream(fields[b":path"].decode("latin-1"), self.max_body + 1, self._peer_window, expected)
+        path = fields.get(b":path", b"")  # none in a CONNECT (answered 405)
+        stream = _Stream(path.decode("latin-1"), self.max_body + 1, self._peer_window, expected)
         self.streams[stream_id] = stream
         if fields[b":method"] != b"POST":
             stream.refusal = (405, b"only POST is served here\n")
@@ -531,6 +543,8 @@ class H2Protocol(asyncio.Protocol):
         if stream_id in self.streams:  # half-closed (remote): the request had ended
             self._reset(stream_id, STREAM_CLOSED)
             return
+        if stream_id not in self.closed and kind == "HEADERS":  # a stream never opened, or long ago
+            raise ConnectionFailure(PROTOCOL_ERROR, "a new stream's number below the last one's")
         raise ConnectionFailure(STREAM_CLOSED, f"{kind} on a closed stream")
 
     def _end(self, stream_id: int, stream: _Stream) -> None:

@@ -17,6 +17,7 @@ class Transport(asyncio.Transport):
         super().__init__()
         self.out = bytearray()
         self.closed = False
+        self.unread = False  # a client that reads nothing: all that was written stays buffered
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "a write after close"
@@ -28,6 +29,12 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.out) if self.unread else 0
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
@@ -36,11 +43,13 @@ async def echo(path: str, raw: bytes | bytearray) -> bytes:
     return json.dumps({"path": path, "body": bytes(raw).decode("latin-1")}).encode()
 
 
-def drive(chunks: list[bytes], answer: webhook_h2.Answer = echo, **options: Any) -> Transport:
+def drive(chunks: list[bytes], answer: webhook_h2.Answer = echo, *, unread: bool = False,
+          **options: Any) -> Transport:
     """The server's side of a connection that receives ``chunks``, every answer run to its end."""
     async def main() -> Transport:
         protocol = webhook_h2.H2Protocol(answer, **options)
         transport = Transport()
+        transport.unread = unread
         protocol.connection_made(transport)
         for chunk in chunks:
             if transport.closed:

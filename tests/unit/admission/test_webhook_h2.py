@@ -549,3 +549,51 @@ def test_a_request_the_client_resets_is_not_answered_and_the_connection_goes_on(
     held, after, goaway = run(main)
     assert held.status == 0 and not held.body  # nothing was sent on the reset stream
     assert after.status == 200 and not goaway
+
+
+def test_a_client_that_floods_pings_without_reading_is_dropped() -> None:
+    pings = h2wire.raw(webhook_h2.PING, 0, 0, b"12345678") * 10_000  # each answered by 17 bytes
+    flooded = h2wire.drive([h2wire.CLIENT_START] + [pings] * 10, unread=True)
+    assert flooded.closed and len(flooded.out) <= webhook_h2.MAX_UNREAD + len(pings)  # one read more at most
+    reading = h2wire.drive([h2wire.CLIENT_START] + [pings] * 10)  # the same pings, read as they come
+    assert not reading.closed
+    acks = [f for f in h2wire.frames(bytes(reading.out)) if f[0] == webhook_h2.PING]
+    assert len(acks) == 100_000 and all(f[1] == 1 and f[3] == b"12345678" for f in acks)
+
+
+def test_answers_of_streams_the_client_reset_still_count_against_the_limit(
+        cert: webhook_tls.ServingCert) -> None:
+    """The rapid reset attack: opening streams and resetting them at once runs no more answers."""
+    release = asyncio.Event()
+
+    async def main() -> tuple[Answer, Answer, int]:
+        server, port, connections = await serve_h2(cert, holding("/held", release))
+        client = await Client.open(port, client_context(cert, ["h2"]))
+        held = [client.request("/held", b"{}") for _ in range(webhook_h2.MAX_STREAMS)]
+        await client.flush()
+        (protocol,) = connections
+        while len(protocol.tasks) < webhook_h2.MAX_STREAMS:
+            await asyncio.sleep(0.01)
+        for sid in held:
+            client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        (refused,) = await client.exchange(("/r", b"{}"))
+        running = len(protocol.tasks)
+        release.set()
+        while protocol.tasks:
+            await asyncio.sleep(0.01)
+        (after,) = await client.exchange(("/r", b"{}"))
+        server.close()
+        return refused, after, running
+
+    refused, after, running = run(main)
+    assert refused.reset == ErrorCodes.REFUSED_STREAM and running == webhook_h2.MAX_STREAMS
+    assert after.status == 200
+
+
+def test_a_connect_request_is_answered_405() -> None:
+    block = hpack.Encoder().encode([(b":method", b"CONNECT"), (b":authority", b"127.0.0.1:443")])
+    headers = h2wire.raw(webhook_h2.HEADERS, webhook_h2.END_HEADERS | webhook_h2.END_STREAM, 1, block)
+    transport = h2wire.drive([h2wire.CLIENT_START + headers])
+    answer = [f for f in h2wire.frames(bytes(transport.out)) if f[2] == 1]
+    assert not transport.closed and answer[0][0] == webhook_h2.HEADERS
+    assert hpack.Decoder().decode(answer[0][3], raw=True)[0] == (b":status", b"405")
