@@ -18,6 +18,7 @@ from h2.exceptions import ProtocolError
 from h2.utilities import HeaderValidationFlags, validate_headers
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tests.unit.admission import h2wire
 
 from mlsec.handlers import webhook_h2
 from mlsec.handlers.webhook_h2 import request_header_problem
@@ -104,12 +105,9 @@ def test_the_server_resets_a_malformed_request_and_serves_the_next() -> None:
             normalize_outbound_headers=False))  # sends the uppercase name as it is
         client.initiate_connection()
 
-        class Transport(asyncio.Transport):
+        class Transport(h2wire.Transport):
             def write(self, data: bytes | bytearray | memoryview) -> None:
                 events.extend(client.receive_data(bytes(data)))
-
-            def get_extra_info(self, name: str, default: object = None) -> object:
-                return default
 
         events: list[h2.events.Event] = []
         protocol.connection_made(Transport())
