@@ -32,9 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from mlsec.handlers.admission_dispatch import BadRequest, NotFound
 from mlsec.handlers.webhook_hpack import Decoder, HeaderBlockError, HeaderListTooLarge
-from mlsec.handlers.webhook_http1 import IDLE_SECONDS, MAX_BODY, Answer, IdleTimer
+from mlsec.handlers.webhook_http1 import IDLE_SECONDS, MAX_BODY, TEXT, Answer, IdleTimer, answered
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,6 @@ FLUSH_EVERY = 16
 this many. Each written alone (a TLS record and a send each) cost ~50 µs of CPU more: 0.31 ms a
 promotion-gate request over HTTP/2 against 0.25 (``bench/webhook_latency.py``). Bounded so the
 first answers of a burst do not wait for the last."""
-JSON = b"application/json"
-TEXT = b"text/plain; charset=utf-8"
-
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_SIZE = 16384  # the largest frame we accept: SETTINGS_MAX_FRAME_SIZE's default, not raised
 MAX_WINDOW = 2**31 - 1
@@ -560,15 +556,7 @@ class H2Protocol(asyncio.Protocol):
         if stream.refusal is not None:
             (status, body), content_type = stream.refusal, TEXT
         else:
-            try:
-                status, body, content_type = 200, await self.answer(stream.path, stream.body), JSON
-            except BadRequest as exc:
-                status, body, content_type = 400, f"{exc}\n".encode(), TEXT
-            except NotFound:
-                status, body, content_type = 404, b"no such webhook\n", TEXT
-            except Exception:
-                log.exception("admission webhook %s failed (HTTP/2)", stream.path)
-                status, body, content_type = 500, b"internal error\n", TEXT
+            status, body, content_type = await answered(self.answer, stream.path, stream.body, "HTTP/2")
         await self._respond(stream_id, stream, status, body, content_type)
         self.idle.touch()
 

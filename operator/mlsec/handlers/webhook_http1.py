@@ -182,6 +182,21 @@ def response(status: int, body: bytes, content_type: bytes, keep_alive: bool, ht
                      connection, b"\r\n", body))
 
 
+async def answered(answer: Answer, path: str, body: bytes | bytearray,
+                   protocol: str) -> tuple[int, bytes, bytes]:
+    """(status, body, content type) of the answer to a request (both protocols): an error is a
+    400, 404 or 500 with a short text that names nothing internal."""
+    try:
+        return 200, await answer(path, body), JSON
+    except BadRequest as exc:
+        return 400, f"{exc}\n".encode(), TEXT
+    except NotFound:
+        return 404, b"no such webhook\n", TEXT
+    except Exception:
+        log.exception("admission webhook %s failed (%s)", path, protocol)
+        return 500, b"internal error\n", TEXT
+
+
 class IdleTimer:
     """A connection's keep-alive timeout (both protocols): ``expire`` is called once ``seconds``
     have passed since the last :meth:`touch` without ``busy()`` being true."""
@@ -316,15 +331,7 @@ class H1Protocol(asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(self._serve(head, body))
 
     async def _serve(self, head: Head, body: bytes) -> None:
-        try:
-            status, out, content_type = 200, await self.answer(head.path, body), JSON
-        except BadRequest as exc:
-            status, out, content_type = 400, f"{exc}\n".encode(), TEXT
-        except NotFound:
-            status, out, content_type = 404, b"no such webhook\n", TEXT
-        except Exception:
-            log.exception("admission webhook %s failed (HTTP/1.1)", head.path)
-            status, out, content_type = 500, b"internal error\n", TEXT
+        status, out, content_type = await answered(self.answer, head.path, body, "HTTP/1.1")
         self.task = None
         if self.transport is None:
             return

@@ -19,7 +19,7 @@ import pytest
 from h2.errors import ErrorCodes
 from tests.unit.admission import h2wire
 
-from mlsec.handlers import admission, metrics, webhook, webhook_h2, webhook_tls
+from mlsec.handlers import admission, metrics, webhook, webhook_h2, webhook_http1, webhook_tls
 from mlsec.handlers import admission_dispatch as dispatch
 
 
@@ -499,7 +499,7 @@ def test_a_header_block_is_bounded_however_many_continuation_frames_carry_it() -
 
 
 @pytest.mark.parametrize("status", [200, 400, 404, 405, 413, 500, 503])
-@pytest.mark.parametrize("content_type", [webhook_h2.JSON, webhook_h2.TEXT])
+@pytest.mark.parametrize("content_type", [webhook_http1.JSON, webhook_http1.TEXT])
 def test_answer_headers_are_constant_bytes_that_leave_the_clients_table_empty(
         status: int, content_type: bytes) -> None:
     block = webhook_h2.response_headers(status, content_type)
