@@ -154,10 +154,11 @@ class Server(kopf.WebhookServer):
         while True:
             cadata, context = self._build_ssl()
             connections: set[Any] = set()
+            outbox = webhook_http1.Outbox()  # HTTP/1.1 answers of all connections, written together
 
-            def protocol(connections: set[Any] = connections) -> Any:
+            def protocol(connections: set[Any] = connections, outbox: webhook_http1.Outbox = outbox) -> Any:
                 return webhook_h2.Negotiate(
-                    lambda: webhook_http1.H1Protocol(answer_http1, connections=connections),
+                    lambda: webhook_http1.H1Protocol(answer_http1, connections=connections, outbox=outbox),
                     lambda: webhook_h2.H2Protocol(answer_h2, connections=connections))
 
             server = None

@@ -227,12 +227,52 @@ class IdleTimer:
         self.expire()
 
 
+class Outbox:
+    """What the HTTP/1.1 connections of one server write, written together: at the end of the
+    event loop's turn, or once ``limit`` writes are waiting. A burst's requests arrive on as many
+    connections and are answered in one turn; a send after each answer left the next answer to
+    run with cold caches: 0.23 against 0.18 ms of CPU a promotion-gate request
+    (``bench/webhook_latency.py``). Closes wait their turn too, after the answers before them."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self.pending: list[tuple[asyncio.Transport, bytes | None]] = []  # None: close it
+        self._soon: asyncio.Handle | None = None
+
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        self._add(transport, data)
+
+    def close(self, transport: asyncio.Transport) -> None:
+        self._add(transport, None)
+
+    def _add(self, transport: asyncio.Transport, data: bytes | None) -> None:
+        self.pending.append((transport, data))
+        if len(self.pending) >= self.limit:
+            self.flush()
+        elif self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
+        batch, self.pending = self.pending, []
+        for transport, data in batch:
+            if transport.is_closing():  # closed meanwhile (by us or the client): nothing to send
+                continue
+            if data is None:
+                transport.close()
+            else:
+                transport.write(data)
+
+
 class H1Protocol(asyncio.Protocol):
     """One HTTP/1.1 connection: POSTs of AdmissionReviews answered by ``answer``, in order."""
 
     def __init__(self, answer: Answer, *, idle_seconds: float = IDLE_SECONDS, max_body: int = MAX_BODY,
-                 connections: set[H1Protocol] | None = None) -> None:
+                 connections: set[H1Protocol] | None = None, outbox: Outbox | None = None) -> None:
         self.answer = answer
+        self.outbox = outbox if outbox is not None else Outbox()
         self.max_body = max_body
         self.connections = connections if connections is not None else set()
         self.transport: asyncio.Transport | None = None
@@ -269,8 +309,11 @@ class H1Protocol(asyncio.Protocol):
         self.eof = True
         if self.task is None:
             self._next()
-        return self.task is not None and self.transport is not None and \
+        keep = self.task is not None and self.transport is not None and \
             self.transport.get_extra_info("sslcontext") is None
+        if not keep:
+            self.outbox.flush()  # asyncio closes the transport on return: our answers go first
+        return keep
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -320,7 +363,7 @@ class H1Protocol(asyncio.Protocol):
         if stop is None:  # the body is still arriving
             if head.expect_continue and not self.continued:
                 self.continued = True
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.outbox.write(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         body = bytes(self.chunks.body) if self.chunks is not None else bytes(self.buffer[start:stop])
         del self.buffer[:stop]
@@ -336,25 +379,26 @@ class H1Protocol(asyncio.Protocol):
         if self.transport is None:
             return
         keep_alive = head.keep_alive and not self.draining
-        self.transport.write(response(status, out, content_type, keep_alive, head.http10))
+        self.outbox.write(self.transport, response(status, out, content_type, keep_alive, head.http10))
         self.idle.touch()
         if keep_alive:
             self._next()  # the next pipelined request, if complete
-        if not keep_alive or (self.eof and self.task is None):
-            self.transport.close()
+        if self.transport is not None and (not keep_alive or (self.eof and self.task is None)):
+            self.outbox.close(self.transport)
 
     def _refuse(self, status: int, message: str) -> None:
         """An error answer, then the connection's end (the rest of the stream is not framed)."""
         if self.transport is not None:
-            self.transport.write(response(status, f"{message}\n".encode(), TEXT, keep_alive=False))
-            self.transport.close()
+            answer = response(status, f"{message}\n".encode(), TEXT, keep_alive=False)
+            self.outbox.write(self.transport, answer)
+            self.outbox.close(self.transport)
         self.buffer.clear()
         self.head = None
 
     # --- idle and shutdown -------------------------------------------------------------------
     def _expire(self) -> None:
         if self.transport is not None:
-            self.transport.close()
+            self.outbox.close(self.transport)
 
     async def shutdown(self, timeout: float) -> None:
         """Answer the request in progress (at most ``timeout`` s, with ``Connection: close``), start
@@ -363,4 +407,5 @@ class H1Protocol(asyncio.Protocol):
         if self.task is not None:
             await asyncio.wait({self.task}, timeout=timeout)
         if self.transport is not None:
-            self.transport.close()
+            self.outbox.close(self.transport)
+            self.outbox.flush()

@@ -4,11 +4,13 @@ on real loopback sockets (the TLS path through the operator's server: test_webho
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from tests.unit.admission import h2wire
 
 from mlsec.handlers import webhook_http1
 from mlsec.handlers.admission_dispatch import BadRequest, NotFound
@@ -367,3 +369,71 @@ def test_shutdown_finishes_the_answer_in_progress_then_closes() -> None:
         return status, headers.get("connection", ""), rest, idle_rest
 
     assert run(main) == (200, "close", b"", b"")
+
+
+# --- the answers of many connections, written together ----------------------------------------
+
+
+class Recording(h2wire.Transport):
+    """A connection's transport that logs its writes and close in one shared sequence."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.log.append((self.name, bytes(data).split(b"\r\n", 1)[0].decode()))
+
+    def close(self) -> None:
+        super().close()
+        self.log.append((self.name, "close"))
+
+
+def test_the_answers_of_a_burst_are_written_a_batch_at_a_time_each_in_its_connections_order() -> None:
+    log: list[tuple[str, str]] = []
+
+    async def answer(path: str, raw: bytes | bytearray) -> bytes:
+        log.append((path, "answered"))
+        return b"{}"
+
+    async def main() -> list[Recording]:
+        outbox = webhook_http1.Outbox(limit=16)
+        transports = []
+        for i in range(40):
+            protocol = webhook_http1.H1Protocol(answer, outbox=outbox)
+            transports.append(Recording(f"/c{i}", log))
+            protocol.connection_made(transports[-1])
+            # Two pipelined requests, the second closing the connection and waiting for a 100
+            # Continue: each comes after what the connection was sent before.
+            protocol.data_received(post(f"/c{i}") + post(f"/c{i}", b"{}", "Connection: close",
+                                                          "Expect: 100-continue")[:-2])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return transports
+
+    transports = run(main)
+    runs = [len(list(group)) for written, group in itertools.groupby(log, key=lambda e: e[1] != "answered")
+            if written]
+    assert runs == [16] * 5  # 80 writes, 16 at a time: not a send after each answer
+    for transport in transports:
+        mine = [what for name, what in log if name == transport.name]
+        assert mine == ["answered", "HTTP/1.1 200 OK", "HTTP/1.1 100 Continue"], mine
+
+
+def test_a_close_waits_for_the_answer_before_it() -> None:
+    log: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        outbox = webhook_http1.Outbox()
+        for name, data in (("/closing", post("/closing", b"{}", "Connection: close")),
+                           ("/refused", b"POST /refused HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")):
+            protocol = webhook_http1.H1Protocol(echo, outbox=outbox)
+            protocol.connection_made(Recording(name, log))
+            protocol.data_received(data)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    run(main)
+    assert [what for name, what in log if name == "/closing"] == ["HTTP/1.1 200 OK", "close"]
+    assert [what for name, what in log if name == "/refused"] == ["HTTP/1.1 400 Bad Request", "close"]
