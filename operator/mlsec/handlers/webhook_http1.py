@@ -284,6 +284,7 @@ class H1Protocol(asyncio.Protocol):
         self.writable = True
         self.paused = False  # reading paused: the buffer holds more than a request ahead
         self.draining = False
+        self.closing = False  # its close is queued in the outbox: it takes no more requests
         self.eof = False  # the client has half-closed: answer what it sent, then close
         # Closed after ``idle_seconds`` without a complete request (a half-sent one included).
         self.idle = IdleTimer(idle_seconds, lambda: self.task is not None, self._expire)
@@ -296,6 +297,8 @@ class H1Protocol(asyncio.Protocol):
         self.idle.touch()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:  # what follows a request that ended the connection is not read
+            return
         self.buffer += data
         if self.task is None:
             self._next()
@@ -331,7 +334,7 @@ class H1Protocol(asyncio.Protocol):
     # --- requests ----------------------------------------------------------------------------
     def _next(self) -> None:
         """Frame the next complete request in the buffer and start answering it."""
-        if self.transport is None or not self.writable or self.draining:
+        if self.transport is None or not self.writable or self.draining or self.closing:
             return
         if self.paused:  # nothing is being answered now: read on
             self.paused = False
@@ -383,22 +386,27 @@ class H1Protocol(asyncio.Protocol):
         self.idle.touch()
         if keep_alive:
             self._next()  # the next pipelined request, if complete
-        if self.transport is not None and (not keep_alive or (self.eof and self.task is None)):
-            self.outbox.close(self.transport)
+        if not keep_alive or (self.eof and self.task is None):
+            self._close()
 
     def _refuse(self, status: int, message: str) -> None:
         """An error answer, then the connection's end (the rest of the stream is not framed)."""
         if self.transport is not None:
             answer = response(status, f"{message}\n".encode(), TEXT, keep_alive=False)
             self.outbox.write(self.transport, answer)
-            self.outbox.close(self.transport)
+        self._close()
         self.buffer.clear()
         self.head = None
 
-    # --- idle and shutdown -------------------------------------------------------------------
-    def _expire(self) -> None:
+    def _close(self) -> None:
+        """The connection's end, after what it was sent: nothing more is read or answered on it."""
+        self.closing = True
         if self.transport is not None:
             self.outbox.close(self.transport)
+
+    # --- idle and shutdown -------------------------------------------------------------------
+    def _expire(self) -> None:
+        self._close()
 
     async def shutdown(self, timeout: float) -> None:
         """Answer the request in progress (at most ``timeout`` s, with ``Connection: close``), start
@@ -406,6 +414,5 @@ class H1Protocol(asyncio.Protocol):
         self.draining = True
         if self.task is not None:
             await asyncio.wait({self.task}, timeout=timeout)
-        if self.transport is not None:
-            self.outbox.close(self.transport)
-            self.outbox.flush()
+        self._close()
+        self.outbox.flush()

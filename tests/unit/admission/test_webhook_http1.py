@@ -437,3 +437,27 @@ def test_a_close_waits_for_the_answer_before_it() -> None:
     run(main)
     assert [what for name, what in log if name == "/closing"] == ["HTTP/1.1 200 OK", "close"]
     assert [what for name, what in log if name == "/refused"] == ["HTTP/1.1 400 Bad Request", "close"]
+
+
+def test_a_request_after_the_one_that_closes_the_connection_is_not_answered() -> None:
+    """Its close waits in the outbox; what the client sends meanwhile is not read."""
+    log: list[tuple[str, str]] = []
+    answered: list[str] = []
+
+    async def answer(path: str, raw: bytes | bytearray) -> bytes:
+        answered.append(path)
+        return b"{}"
+
+    async def main() -> None:
+        protocol = webhook_http1.H1Protocol(answer, outbox=webhook_http1.Outbox())
+        protocol.connection_made(Recording("/c", log))
+        protocol.data_received(post("/first", b"{}", "Connection: close"))
+        await asyncio.sleep(0)  # answered: its answer and the close wait for the end of the turn
+        assert protocol.closing and log == []
+        protocol.data_received(post("/later"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    run(main)
+    assert answered == ["/first"]
+    assert [what for _, what in log] == ["HTTP/1.1 200 OK", "close"]
