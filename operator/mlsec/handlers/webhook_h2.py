@@ -379,9 +379,7 @@ class H2Protocol(asyncio.Protocol):
         if flags & END_STREAM:
             self._end(stream_id, stream)
         elif len(stream.body) > self.max_body or stream.window <= 0:
-            # Refused before the client has sent it all: the rest is not wanted (§8.1).
-            self._send_now(stream_id, 413, b"request body too large\n")
-            self._reset(stream_id, NO_ERROR)
+            self._too_large(stream_id)
 
     def _headers(self, stream_id: int, flags: int, payload: bytes) -> None:
         if not stream_id:
@@ -456,8 +454,7 @@ class H2Protocol(asyncio.Protocol):
             stream.refusal = (405, b"only POST is served here\n")
         elif expected is not None and expected > self.max_body:
             if not flags & END_STREAM:
-                self._send_now(stream_id, 413, b"request body too large\n")
-                self._reset(stream_id, NO_ERROR)
+                self._too_large(stream_id)
                 return
             stream.refusal = (413, b"request body too large\n")
         if flags & END_STREAM:
@@ -569,18 +566,25 @@ class H2Protocol(asyncio.Protocol):
             block = b"\x20" + block
         return block
 
-    def _send_now(self, stream_id: int, status: int, body: bytes) -> None:
-        """A short error answer from within a frame; the stream is reset if it cannot go out now."""
+    def _too_large(self, stream_id: int) -> None:
+        """413 before the client has sent the whole body: the rest is not wanted (RFC 9113 §8.1)."""
+        if self._send_now(stream_id, 413, b"request body too large\n"):
+            self._reset(stream_id, NO_ERROR)
+
+    def _send_now(self, stream_id: int, status: int, body: bytes) -> bool:
+        """A short error answer from within a frame; the stream is reset (REFUSED_STREAM) if it
+        cannot go out now. Whether it went out."""
         stream = self.streams.get(stream_id)
         if stream is None:
-            return
+            return False
         if min(stream.send_window, self._send_window) < len(body) or len(body) > self._peer_frame:
             self._reset(stream_id, REFUSED_STREAM)
-            return
+            return False
         self._frame(HEADERS, END_HEADERS, stream_id, self._header_block(status, TEXT))
         self._frame(DATA, END_STREAM, stream_id, body)
         self._send_window -= len(body)
         stream.send_window -= len(body)
+        return True
 
     async def _respond(self, stream_id: int, stream: _Stream, status: int, body: bytes,
                        content_type: bytes) -> None:
