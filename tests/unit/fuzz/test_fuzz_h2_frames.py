@@ -33,13 +33,13 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="MLSEC_FUZZ_EX
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-PREFACE = server_preface()
+SERVER_PREFACE = server_preface()
 
 
 def client() -> h2.connection.H2Connection:
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     conn.initiate_connection()
-    conn.receive_data(PREFACE)  # so the client may send whole bodies at once
+    conn.receive_data(SERVER_PREFACE)  # so the client may send whole bodies at once
     return conn
 
 
