@@ -1,4 +1,5 @@
-"""HPACK decoding (RFC 7541) for the webhook port's HTTP/2 (:mod:`mlsec.handlers.webhook_h2`).
+"""HPACK (RFC 7541) for the webhook port's HTTP/2 (:mod:`mlsec.handlers.webhook_h2`): the
+decoding of requests' header blocks, and our answers' constant header blocks.
 
 The ``hpack`` library's decoder, in one pass over the block with no per-field objects: it cost
 ~15 µs of the ~160 a promotion-gate request takes (``bench/webhook_latency.py``), and copied the
@@ -154,3 +155,37 @@ class Decoder:
         while self.size > self.max_size:
             name, value = self.table.pop()
             self.size -= len(name) + len(value) + ENTRY_OVERHEAD
+
+
+# --- our answers' header blocks ------------------------------------------------------------------
+
+_STATUS_INDEX = {int(value): index for index, (name, value) in enumerate(STATIC, 1) if name == b":status"}
+_STATUS_NAME = next(index for index, (name, _) in enumerate(STATIC, 1) if name == b":status")
+_CONTENT_TYPE_NAME = next(index for index, (name, _) in enumerate(STATIC, 1) if name == b"content-type")
+
+
+def encode_integer(value: int, prefix: int, first: int) -> bytes:
+    """An HPACK integer (§5.1) in a ``prefix``-bit prefix, the first byte's high bits ``first``."""
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes([first | value])
+    out, value = bytearray([first | limit]), value - limit
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name_index: int, value: bytes) -> bytes:
+    """A field without indexing (§6.2.2): a name from the static table, a plain string value."""
+    return encode_integer(name_index, 4, 0x00) + encode_integer(len(value), 7, 0x00) + value
+
+
+@functools.lru_cache(maxsize=32)
+def response_headers(status: int, content_type: bytes) -> bytes:
+    """An answer's header block (pure): ``:status`` and ``content-type``, never added to the
+    decoder's table, so each is the same bytes every time and our encoder keeps no table."""
+    index = _STATUS_INDEX.get(status)
+    block = encode_integer(index, 7, 0x80) if index else _literal(_STATUS_NAME, str(status).encode())
+    return block + _literal(_CONTENT_TYPE_NAME, content_type)
