@@ -165,6 +165,15 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for the server to reach ``condition`` (fails after ``timeout`` s rather than hanging)."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 # --- the operator's webhook server: both protocols on one port -----------------------------------
 
 
@@ -535,12 +544,10 @@ def test_a_request_the_client_resets_is_not_answered_and_the_connection_goes_on(
         held = client.request("/held", b"{}")
         await client.flush()
         (protocol,) = connections
-        while not protocol.tasks:
-            await asyncio.sleep(0.01)
+        await until(lambda: bool(protocol.tasks))
         client.conn.reset_stream(held, ErrorCodes.CANCEL)
         await client.flush()
-        while protocol.streams:
-            await asyncio.sleep(0.01)
+        await until(lambda: not protocol.streams)
         release.set()
         (after,) = await client.exchange(("/after", b"{}"))
         server.close()
@@ -572,15 +579,13 @@ def test_answers_of_streams_the_client_reset_still_count_against_the_limit(
         held = [client.request("/held", b"{}") for _ in range(webhook_h2.MAX_STREAMS)]
         await client.flush()
         (protocol,) = connections
-        while len(protocol.tasks) < webhook_h2.MAX_STREAMS:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(protocol.tasks) == webhook_h2.MAX_STREAMS)
         for sid in held:
             client.conn.reset_stream(sid, ErrorCodes.CANCEL)
         (refused,) = await client.exchange(("/r", b"{}"))
         running = len(protocol.tasks)
         release.set()
-        while protocol.tasks:
-            await asyncio.sleep(0.01)
+        await until(lambda: not protocol.tasks)
         (after,) = await client.exchange(("/r", b"{}"))
         server.close()
         return refused, after, running
